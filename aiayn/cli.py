@@ -1,0 +1,271 @@
+"""The ``aiayn`` command: parses arguments and calls the library; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("aiayn")
+
+
+def _die(msg: str, code: int = 2) -> None:
+    print(f"aiayn: error: {msg}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+# --- params ------------------------------------------------------------------------------------
+def cmd_params(a: argparse.Namespace) -> None:
+    from .config import preset
+    from .model import build_model, count_parameters, parameter_breakdown
+
+    overrides = {"vocab_size": a.vocab_size} if a.vocab_size else {}
+    model = build_model(preset(a.preset, **overrides))
+    for name, n in parameter_breakdown(model).items():
+        print(f"{name:<28} {n:>14,}")
+    print(count_parameters(model))
+
+
+# --- prepare -----------------------------------------------------------------------------------
+def cmd_prepare(a: argparse.Namespace) -> None:
+    from .data.prepare import PrepareConfig, prepare
+
+    cfg = PrepareConfig(train=a.train, dev=a.dev, test=a.test, out=a.out, kind="lm" if a.lm else "parallel",
+                        vocab=a.vocab, vocab_size=a.vocab_size, spm_model=a.spm_model, max_len=a.max_len,
+                        valid_fraction=a.valid_fraction)
+    m = prepare(cfg)
+    if m.get("up_to_date"):
+        print(f"{a.out}: up to date, nothing to do")
+    for split, info in m["splits"].items():
+        dropped = info.get("dropped", {})
+        extra = f", dropped {sum(dropped.values())} ({', '.join(f'{k} {v}' for k, v in dropped.items())})" if dropped else ""
+        count = f"{info['pairs']:,} pairs, {info['src_tokens']:,} + {info['tgt_tokens']:,} tokens" if "pairs" in info else f"{info['tokens']:,} tokens"
+        print(f"{split}: {count}{extra}")
+    print(f"vocabulary: {m['vocab']['kind']} ({m['vocab']['size']:,} entries) → {a.out}")
+
+
+# --- train -------------------------------------------------------------------------------------
+def cmd_train(a: argparse.Namespace) -> None:
+    from .config import parse_overrides
+    from .train.loop import load_run_config, train
+
+    run = load_run_config(a.config, parse_overrides(a.set or []))
+    result = train(run)
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}))
+
+
+# --- average -----------------------------------------------------------------------------------
+def cmd_average(a: argparse.Namespace) -> None:
+    from .train.checkpoint import average_checkpoints
+
+    dirs = [Path(d) for d in a.checkpoints]
+    if a.run:
+        found = sorted(p for p in (Path(a.run) / "checkpoints").glob("step_*") if p.is_dir())
+        if not found:
+            _die(f"{a.run}: no checkpoints under {a.run}/checkpoints")
+        dirs = found[-a.last :]
+    if not dirs:
+        _die("name checkpoint directories, or --run RUN_DIR with --last N")
+    out = average_checkpoints(dirs, a.out, half=a.half)
+    print(f"averaged {len(dirs)} checkpoints ({', '.join(d.name for d in dirs)}) → {out}")
+
+
+# --- translate ---------------------------------------------------------------------------------
+def _decode_cfg(a: argparse.Namespace):  # noqa: ANN202
+    from .decode.translate import DecodeConfig
+
+    return DecodeConfig(beam=a.beam, alpha=a.alpha, max_len_a=a.max_len_a, max_len_b=a.max_len_b,
+                        nbest=getattr(a, "nbest", 1), max_tokens=a.max_tokens)
+
+
+def _load(path: str, device: str = "cpu"):  # noqa: ANN202
+    from .train.checkpoint import load_model_dir
+
+    return load_model_dir(path, device)
+
+
+def cmd_translate(a: argparse.Namespace) -> None:
+    from .decode.translate import Translator
+
+    _threads(a.threads)
+    model, vocab, config = _load(a.model)
+    if config["model"].get("arch", "encoder-decoder") != "encoder-decoder":
+        _die(f"{a.model} is a {config['model']['arch']} model; use `aiayn generate` for language models")
+    tr = Translator(model, vocab, _decode_cfg(a))
+    src = open(a.input, encoding="utf-8", errors="strict") if a.input else sys.stdin
+    dst = open(a.output, "w", encoding="utf-8") if a.output else sys.stdout
+    try:
+        lines = src if not a.input else _progress(src, a.input)
+        if a.nbest > 1:
+            for i, hyps in enumerate(tr.translate_nbest([line.rstrip("\n") for line in lines])):
+                for text, score in hyps:
+                    dst.write(f"{i}\t{score:.4f}\t{text}\n")
+        else:
+            for out in tr.stream(lines, chunk=a.chunk):
+                dst.write(out + "\n")
+                dst.flush()
+    except UnicodeDecodeError as e:
+        _die(f"{a.input or 'stdin'}: invalid UTF-8 ({e.reason})")
+    finally:
+        if a.output:
+            dst.close()
+
+
+def _progress(f, name: str):  # noqa: ANN001, ANN202
+    from tqdm import tqdm
+
+    return tqdm(f, desc=name, unit=" lines", file=sys.stderr, disable=None)
+
+
+# --- evaluate ----------------------------------------------------------------------------------
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    _threads(a.threads)
+    model, vocab, config = _load(a.model)
+    arch = config["model"].get("arch", "encoder-decoder")
+    if arch == "decoder-only":
+        from .evaluate import lm_loss
+        from .data.corpus import read_text
+        import numpy as np
+
+        text = read_text(a.test) if a.test else None
+        if text is None:
+            _die("--test FILE (the text to score) is required for a language model")
+        ids = np.asarray(vocab.encode(text) if vocab.kind == "char" else [i for line in vocab.encode_batch(text.splitlines()) for i in line + [3]])
+        res = lm_loss(model, ids, a.block_size or model.cfg.max_positions)
+        print(f"{a.test}: {res['tokens']:,} tokens, loss {res['val_loss']:.4f} nats/token, perplexity {res['ppl']:.3f}")
+        print(json.dumps({"val_loss": round(res["val_loss"], 4), "ppl": round(res["ppl"], 4), "tokens": res["tokens"]}))
+        return
+    from .evaluate import evaluate_translation
+
+    scores, hyps = evaluate_translation(model, vocab, a.test, _decode_cfg(a), limit=a.limit)
+    if a.output:
+        Path(a.output).write_text("\n".join(hyps) + "\n", encoding="utf-8")
+    print(f"{a.test}: {scores['n']} sentences")
+    print(f"  {scores['bleu_detail']}")
+    print(f"  chrF2 = {scores['chrf']:.2f}")
+    print(f"  signature: {scores['signature']}")
+    print(json.dumps({k: scores[k] for k in ("bleu", "chrf", "signature", "chrf_signature", "n")}))
+
+
+# --- demo --------------------------------------------------------------------------------------
+def cmd_demo(a: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(a.model, a.n, a.threads)
+
+
+def _not_yet(what: str, issue: str):  # noqa: ANN202
+    def run(a: argparse.Namespace) -> None:
+        _die(f"`aiayn {what}` is not implemented yet ({issue})", code=3)
+
+    return run
+
+
+def _decode_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beam", type=int, default=4, help="beam size; 1 = greedy (default 4, §6.1)")
+    p.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty α (default 0.6)")
+    p.add_argument("--max-len-a", type=float, default=1.0, help="max output length = a·source + b (a, default 1)")
+    p.add_argument("--max-len-b", type=int, default=50, help="max output length = a·source + b (b, default 50)")
+    p.add_argument("--max-tokens", type=int, default=4096, help="source tokens per decoding batch")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = PyTorch's default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    ap = argparse.ArgumentParser(prog="aiayn", description="The Transformer of 'Attention Is All You Need': train, translate, evaluate.")
+    ap.add_argument("--version", action="version", version=f"aiayn {__version__}")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="translate a few Spanish sentences with the shipped model and score 100 test verses")
+    p.add_argument("--model", default=None, help="model directory (default: the shipped models/bible-es-en)")
+    p.add_argument("--n", type=int, default=100, help="test verses to score")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("params", help="count a preset's parameters (per component, total on the last line)")
+    p.add_argument("--preset", default="paper-base")
+    p.add_argument("--vocab-size", type=int, default=0, help="vocabulary size (default: the preset's)")
+    p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("prepare", help="validate a corpus, build the vocabulary, encode it for training")
+    p.add_argument("--train", required=True, help="TSV, JSONL, or SRC_FILE,TGT_FILE (a text file with --lm)")
+    p.add_argument("--dev")
+    p.add_argument("--test")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--lm", action="store_true", help="monolingual text for a language model")
+    p.add_argument("--vocab", choices=["bpe", "unigram", "char"], default="bpe")
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--spm-model", help="reuse this SentencePiece model")
+    p.add_argument("--max-len", type=int, default=256, help="drop pairs with more tokens on a side (counted)")
+    p.add_argument("--valid-fraction", type=float, default=0.1, help="--lm without --dev: the last fraction is validation")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train (or resume) a model from a YAML config")
+    p.add_argument("config", nargs="?", help="YAML file with model: and train: sections")
+    p.add_argument("--set", nargs="*", metavar="SECTION.KEY=VALUE", help="override config values, e.g. train.max_steps=100")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("average", help="average checkpoints into a new model directory (§6.1)")
+    p.add_argument("checkpoints", nargs="*", help="checkpoint directories")
+    p.add_argument("--run", help="a run directory: average its last --last checkpoints")
+    p.add_argument("--last", type=int, default=5)
+    p.add_argument("--out", required=True)
+    p.add_argument("--half", action="store_true", help="store the weights in float16")
+    p.set_defaults(func=cmd_average)
+
+    p = sub.add_parser("translate", help="translate lines from stdin (or --input) to stdout (or --output)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--input", "-i")
+    p.add_argument("--output", "-o")
+    p.add_argument("--nbest", type=int, default=1, help="write the n best as 'line<TAB>score<TAB>text'")
+    p.add_argument("--chunk", type=int, default=256, help="lines read before translating (streaming)")
+    _decode_args(p)
+    p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("evaluate", help="BLEU/chrF of a translation model, or loss/perplexity of a language model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--test", required=True, help="TSV/JSONL test set (text file for a language model)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N sentences")
+    p.add_argument("--output", help="write the translations here")
+    p.add_argument("--block-size", type=int, default=0, help="language model: window size (default: the model's)")
+    _decode_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    for name, issue in (("generate", "issue #4"), ("serve", "issue #5"), ("viz", "issue #5"), ("export", "issue #6")):
+        p = sub.add_parser(name, help=f"not implemented yet ({issue})")
+        p.set_defaults(func=_not_yet(name, issue))
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not getattr(a, "func", None):
+        ap.print_help()
+        raise SystemExit(2)
+    from .config import ConfigError
+    from .data.corpus import CorpusError
+    from .train.checkpoint import CheckpointError
+
+    try:
+        a.func(a)
+    except (ConfigError, CorpusError, CheckpointError, FileNotFoundError, ValueError) as e:
+        _die(str(e))
+    except BrokenPipeError:
+        pass
+
+
+if __name__ == "__main__":
+    main()

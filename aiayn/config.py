@@ -1,0 +1,252 @@
+"""Typed configuration: the model's shape and options, with named presets.
+
+Every field uses the paper's names (``d_model``, ``d_ff``, ``n_heads``; §3).
+Defaults are the paper's base model (Table 3, row "base"); every deviation
+from the paper is a named option whose value says what it does.
+
+Configurations come from three places that all go through :func:`from_dict`:
+presets (below), YAML files, and ``--key value`` overrides on the command line.
+Unknown keys and impossible combinations are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, fields
+from typing import Any, Literal, TypeVar
+
+Arch = Literal["encoder-decoder", "decoder-only", "encoder-only"]
+Norm = Literal["post", "pre"]
+Positional = Literal["sinusoidal", "learned", "none"]
+PELayout = Literal["interleaved", "concat"]
+Activation = Literal["relu", "gelu"]
+Tie = Literal["three_way", "decoder_only", "none"]
+
+# Special token ids, fixed across every vocabulary aiayn builds (SentencePiece is
+# trained with these ids, the character vocabulary reserves them too).
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used, with a message that says why."""
+
+
+@dataclass
+class ModelConfig:
+    """The shape of a model and its named deviations from the paper.
+
+    Paper defaults (§3, §5.4): post-LN, interleaved sinusoidal positions,
+    embeddings × √d_model, one matrix for source embedding, target embedding and
+    pre-softmax projection, ReLU, residual dropout 0.1, no attention/ReLU dropout.
+    """
+
+    arch: Arch = "encoder-decoder"
+    vocab_size: int = 37000  # the (shared) vocabulary; the source one when not shared
+    tgt_vocab_size: int | None = None  # only with tie != "three_way": a separate target vocabulary
+    d_model: int = 512
+    d_ff: int = 2048
+    n_heads: int = 8
+    n_encoder_layers: int = 6
+    n_decoder_layers: int = 6
+    dropout: float = 0.1  # P_drop: residual dropout and dropout on embeddings + PE (§5.4)
+    attn_dropout: float = 0.0  # dropout on attention probabilities (not in the paper)
+    act_dropout: float = 0.0  # dropout after the FFN activation (not in the paper)
+    norm: Norm = "post"  # post: LayerNorm(x + Sublayer(x)) (§3.1); pre: x + Sublayer(LayerNorm(x))
+    positional: Positional = "sinusoidal"  # §3.5; "learned" is Table 3 row (E)
+    pe_layout: PELayout = "interleaved"  # the paper's sin/cos interleaving, or t2t/fairseq [sin | cos]
+    activation: Activation = "relu"
+    tie: Tie = "three_way"  # §3.4; decoder_only ties only target embedding and output layer
+    bias: bool = True
+    scale_embeddings: bool = True  # §3.4: embeddings × √d_model (nanoGPT does not scale)
+    ln_eps: float = 1e-6  # not stated in the paper; tensor2tensor's value
+    max_positions: int = 1024  # rows of a learned position table; block size of an LM
+    n_classes: int = 0  # encoder-only: size of the sequence-classification head (0 = none)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def d_k(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def target_vocab_size(self) -> int:
+        return self.tgt_vocab_size if self.tgt_vocab_size is not None else self.vocab_size
+
+    def validate(self) -> None:
+        _check_literals(self)
+        if self.d_model <= 0 or self.n_heads <= 0 or self.d_ff <= 0:
+            raise ConfigError("d_model, n_heads and d_ff must be positive")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.positional == "sinusoidal" and self.d_model % 2:
+            raise ConfigError(f"sinusoidal positions need an even d_model, got {self.d_model}")
+        if self.vocab_size < 5:
+            raise ConfigError(f"vocab_size must hold the 4 special tokens and more, got {self.vocab_size}")
+        if self.tgt_vocab_size is not None:
+            if self.arch != "encoder-decoder":
+                raise ConfigError("tgt_vocab_size only applies to encoder-decoder models")
+            if self.tie == "three_way" and self.tgt_vocab_size != self.vocab_size:
+                raise ConfigError(
+                    "tie=three_way shares one matrix between source and target: "
+                    "use one vocabulary (vocab_size) or tie=decoder_only/none"
+                )
+        for name in ("dropout", "attn_dropout", "act_dropout"):
+            p = getattr(self, name)
+            if not 0.0 <= p < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {p}")
+        if self.arch == "encoder-decoder" and (self.n_encoder_layers < 1 or self.n_decoder_layers < 1):
+            raise ConfigError("an encoder-decoder needs at least one encoder and one decoder layer")
+        if self.arch == "decoder-only" and self.n_decoder_layers < 1:
+            raise ConfigError("a decoder-only model needs n_decoder_layers >= 1")
+        if self.arch == "encoder-only" and self.n_encoder_layers < 1:
+            raise ConfigError("an encoder-only model needs n_encoder_layers >= 1")
+        if self.max_positions < 1:
+            raise ConfigError("max_positions must be >= 1")
+
+
+def _paper(**kw: Any) -> dict[str, Any]:
+    return kw
+
+
+# Named presets. The paper's two (Table 3) and small ones that train on a CPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper-base": _paper(),
+    "paper-big": _paper(d_model=1024, d_ff=4096, n_heads=16, dropout=0.3),
+    # A CPU-sized translation model: the paper's architecture at a quarter of the width,
+    # 3 + 3 layers (the shape of the Marian baseline in docs/results.md).
+    "small": _paper(d_model=256, d_ff=1024, n_heads=4, n_encoder_layers=3, n_decoder_layers=3, vocab_size=8000),
+    # Tests and quick experiments.
+    "tiny": _paper(d_model=64, d_ff=128, n_heads=4, n_encoder_layers=2, n_decoder_layers=2, vocab_size=64),
+    # Decoder-only, nanoGPT's choices: pre-LN, learned positions, GELU, tied in/out embedding.
+    "gpt-nano": _paper(
+        arch="decoder-only", d_model=128, d_ff=512, n_heads=4, n_encoder_layers=0, n_decoder_layers=4,
+        norm="pre", positional="learned", activation="gelu", tie="three_way", dropout=0.0,
+        max_positions=64, vocab_size=65 + 4, bias=True, ln_eps=1e-5, scale_embeddings=False,
+    ),
+    # Decoder-only with the paper's choices (post-LN, sinusoidal, ReLU), same size as gpt-nano.
+    "gpt-paper": _paper(
+        arch="decoder-only", d_model=128, d_ff=512, n_heads=4, n_encoder_layers=0, n_decoder_layers=4,
+        dropout=0.0, max_positions=64, vocab_size=65 + 4,
+    ),
+    # Encoder-only (bidirectional), BERT-like shape at CPU size.
+    "encoder-small": _paper(
+        arch="encoder-only", d_model=256, d_ff=1024, n_heads=4, n_encoder_layers=4, n_decoder_layers=0,
+        vocab_size=8000,
+    ),
+}
+
+
+T = TypeVar("T")
+
+
+def _check_literals(obj: Any) -> None:
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        hint = hints[f.name]
+        if typing.get_origin(hint) is Literal and getattr(obj, f.name) not in typing.get_args(hint):
+            choices = " | ".join(map(str, typing.get_args(hint)))
+            raise ConfigError(f"{f.name}: {getattr(obj, f.name)!r} is not one of {choices}")
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    """Turn a YAML / command-line value into the field's declared type, or fail clearly."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{name}: a value is required")
+    if origin is typing.Union or (origin is not None and type(None) in args):
+        inner = [a for a in args if a is not type(None)]
+        if isinstance(value, str) and value.lower() in ("none", "null"):
+            return None
+        return _coerce(name, inner[0], value)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{name}: {value!r} is not one of {' | '.join(map(str, args))}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        return [_coerce(name, args[0], v) for v in value] if args else list(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+    if hint is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if hint is str:
+        return str(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys are an error that lists the known ones."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+    kwargs = {k: _coerce(f"{where}.{k}", hints[k], v) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """A named preset with optional overrides, e.g. ``preset("paper-base", vocab_size=8000)``."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return from_dict(ModelConfig, {**PRESETS[name], **overrides}, where=f"preset {name}")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["model.d_model=256", "train.lr=1e-3"]`` → nested dict (values stay strings; typed later)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override {pair!r} must look like section.key=value")
+        key, value = pair.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: ``extra`` wins."""
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+__all__ = [
+    "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "ConfigError", "ModelConfig", "PRESETS",
+    "from_dict", "to_dict", "preset", "parse_overrides", "merge",
+]

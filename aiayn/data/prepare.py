@@ -1,0 +1,210 @@
+"""``aiayn prepare``: validate a corpus, build or reuse a vocabulary, encode everything once.
+
+A prepared directory holds
+
+* ``manifest.json``: what went in (paths, SHA-256), the options, the vocabulary, and per split the
+  number of pairs/tokens and of dropped pairs with the reason;
+* the vocabulary file (``spm.model`` or ``chars.json``);
+* per split and side, ``{split}.{side}.tokens.npy`` (all sentences' ids back to back) and
+  ``{split}.{side}.offsets.npy`` (n + 1 start offsets): plain NumPy arrays, memory-mapped for training.
+
+Running it again with the same inputs and options does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .corpus import CorpusError, read_parallel, read_text
+from .vocab import CharVocab, SentencePieceVocab, load_vocab
+
+log = logging.getLogger(__name__)
+FORMAT = "aiayn-data/1"
+
+
+@dataclass
+class PrepareConfig:
+    train: str
+    out: str
+    dev: str | None = None
+    test: str | None = None
+    kind: Literal["parallel", "lm"] = "parallel"
+    vocab: Literal["bpe", "unigram", "char"] = "bpe"
+    vocab_size: int = 8000
+    spm_model: str | None = None  # reuse this SentencePiece model instead of training one
+    max_len: int = 256  # pairs with more tokens on a side are dropped (and counted)
+    valid_fraction: float = 0.1  # lm with no --dev: the last fraction of the text is validation (nanoGPT)
+    seed: int = 1234
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _input_files(spec: str) -> list[str]:
+    return spec.split(",") if "," in spec else [spec]
+
+
+def _fingerprint(cfg: PrepareConfig) -> dict:
+    files = {}
+    for split in ("train", "dev", "test"):
+        spec = getattr(cfg, split)
+        if spec:
+            files[split] = [{"path": p, "sha256": sha256_file(p)} for p in _input_files(spec)]
+    if cfg.spm_model:
+        files["spm_model"] = [{"path": cfg.spm_model, "sha256": sha256_file(cfg.spm_model)}]
+    options = {k: v for k, v in asdict(cfg).items() if k not in ("train", "dev", "test", "out", "spm_model")}
+    return {"inputs": files, "options": options}
+
+
+def _write_array(directory: Path, name: str, seqs: list[list[int]], dtype: np.dtype) -> tuple[int, int]:
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter((t for s in seqs for t in s), dtype=dtype, count=int(offsets[-1]))
+    np.save(directory / f"{name}.tokens.npy", flat)
+    np.save(directory / f"{name}.offsets.npy", offsets)
+    return len(seqs), int(offsets[-1])
+
+
+def _token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max else np.dtype(np.int32)
+
+
+def prepare(cfg: PrepareConfig) -> dict:
+    """Prepare ``cfg.train`` (and dev/test) into ``cfg.out``; returns the manifest."""
+    out = Path(cfg.out)
+    fp = _fingerprint(cfg)
+    manifest_path = out / "manifest.json"
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        if old.get("format") == FORMAT and old.get("inputs") == fp["inputs"] and old.get("options") == fp["options"]:
+            log.info("%s is up to date (same inputs and options): nothing to do", out)
+            old["up_to_date"] = True
+            return old
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Build everything in a temporary directory beside the target, then swap it in: an interrupted
+    # run never leaves a half-written data directory under the final name.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        manifest = _prepare_parallel(cfg, tmp) if cfg.kind == "parallel" else _prepare_lm(cfg, tmp)
+        manifest.update({"format": FORMAT, **fp})
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return manifest
+
+
+def _read_pairs(spec: str) -> tuple[list[tuple[str, str]], dict]:
+    pairs, dropped = [], {"empty": 0, "too_long": 0}
+    examples: list[str] = []
+    for p in read_parallel(spec):
+        if not p.src.strip() or not p.tgt.strip():
+            dropped["empty"] += 1
+            if len(examples) < 5:
+                examples.append(f"{p.where}: empty side")
+            continue
+        pairs.append((p.src.strip(), p.tgt.strip()))
+    report = {"read": len(pairs) + dropped["empty"], "dropped": dropped, "examples": examples}
+    return pairs, report
+
+
+def _prepare_parallel(cfg: PrepareConfig, tmp: Path) -> dict:
+    splits: dict[str, tuple[list[tuple[str, str]], dict]] = {}
+    for split in ("train", "dev", "test"):
+        spec = getattr(cfg, split)
+        if spec:
+            splits[split] = _read_pairs(spec)
+    if not splits["train"][0]:
+        raise CorpusError(f"{cfg.train}: no usable sentence pairs")
+
+    if cfg.spm_model:
+        vocab = SentencePieceVocab.load(Path(cfg.spm_model))
+    elif cfg.vocab == "char":
+        vocab = CharVocab.train(t for pair in splits["train"][0] for t in pair)
+    else:
+        # One joint vocabulary from both sides (§5.1), so that the embeddings can be shared (§3.4).
+        texts = [t for pair in splits["train"][0] for t in pair]
+        vocab = SentencePieceVocab.train(texts, cfg.vocab_size, cfg.vocab, seed=cfg.seed)
+    vocab.save(tmp)
+    dtype = _token_dtype(len(vocab))
+
+    info: dict = {"kind": "parallel", "vocab": {"kind": vocab.kind, "file": vocab.filename, "size": len(vocab)}, "splits": {}}
+    for split, (pairs, report) in splits.items():
+        src_ids = vocab.encode_batch([s for s, _ in pairs])
+        tgt_ids = vocab.encode_batch([t for _, t in pairs])
+        keep = [i for i in range(len(pairs)) if len(src_ids[i]) <= cfg.max_len and len(tgt_ids[i]) <= cfg.max_len]
+        report["dropped"]["too_long"] = len(pairs) - len(keep)
+        if split == "train" and not keep:
+            raise CorpusError(f"{cfg.train}: every pair is longer than max_len={cfg.max_len} tokens")
+        n, src_tok = _write_array(tmp, f"{split}.src", [src_ids[i] for i in keep], dtype)
+        _, tgt_tok = _write_array(tmp, f"{split}.tgt", [tgt_ids[i] for i in keep], dtype)
+        # Keep the raw text of the evaluation splits: BLEU is computed against the untokenized reference.
+        if split != "train":
+            with open(tmp / f"{split}.txt.jsonl", "w", encoding="utf-8") as f:
+                for i in keep:
+                    f.write(json.dumps({"src": pairs[i][0], "tgt": pairs[i][1]}, ensure_ascii=False) + "\n")
+        info["splits"][split] = {"pairs": n, "src_tokens": src_tok, "tgt_tokens": tgt_tok, **report}
+        if sum(report["dropped"].values()):
+            log.warning("%s: dropped %s", split, report["dropped"])
+    return info
+
+
+def _prepare_lm(cfg: PrepareConfig, tmp: Path) -> dict:
+    """Monolingual text → one token stream per split (documents separated by </s> when a corpus
+    is given as JSONL/TSV lines; a plain text file is one document, as nanoGPT treats tiny Shakespeare)."""
+    text = read_text(cfg.train)
+    if cfg.dev:
+        train_text, valid_text = text, read_text(cfg.dev)
+    else:
+        cut = int(len(text) * (1 - cfg.valid_fraction))
+        train_text, valid_text = text[:cut], text[cut:]
+    if cfg.vocab == "char":
+        vocab = CharVocab.train([train_text])
+    elif cfg.spm_model:
+        vocab = SentencePieceVocab.load(Path(cfg.spm_model))
+    else:
+        vocab = SentencePieceVocab.train(train_text.splitlines(), cfg.vocab_size, cfg.vocab, seed=cfg.seed)
+    vocab.save(tmp)
+    dtype = _token_dtype(len(vocab))
+    info: dict = {"kind": "lm", "vocab": {"kind": vocab.kind, "file": vocab.filename, "size": len(vocab)}, "splits": {}}
+    for split, t in (("train", train_text), ("valid", valid_text)):
+        if vocab.kind == "char":
+            ids = vocab.encode(t)
+        else:
+            ids = [i for line in vocab.encode_batch(t.splitlines()) for i in line + [3]]
+        arr = np.asarray(ids, dtype=dtype)
+        np.save(tmp / f"{split}.tokens.npy", arr)
+        info["splits"][split] = {"tokens": int(arr.size), "chars": len(t)}
+    return info
+
+
+def load_manifest(directory: str | Path) -> dict:
+    path = Path(directory) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory}: not a prepared data directory (no manifest.json); run `aiayn prepare` first")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: unknown data format {manifest.get('format')!r} (expected {FORMAT})")
+    return manifest
+
+
+__all__ = ["PrepareConfig", "prepare", "load_manifest", "load_vocab", "sha256_file"]

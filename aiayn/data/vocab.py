@@ -1,0 +1,142 @@
+"""Vocabularies: a joint SentencePiece BPE model (§5.1's shared source-target vocabulary) or characters.
+
+Both reserve the same special ids: 0 = <pad>, 1 = <unk>, 2 = <s> (BOS), 3 = </s> (EOS).
+A vocabulary is saved as one file inside a model or data directory, so that a directory is
+everything needed to use it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Protocol
+
+from ..config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
+
+
+class Vocab(Protocol):
+    kind: str
+    filename: str
+
+    def __len__(self) -> int: ...
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: Iterable[int]) -> str: ...
+    def pieces(self, ids: Iterable[int]) -> list[str]: ...
+    def save(self, directory: Path) -> Path: ...
+
+
+class SentencePieceVocab:
+    """A SentencePiece model (BPE by default), trained jointly on source and target text."""
+
+    kind = "sentencepiece"
+    filename = "spm.model"
+
+    def __init__(self, model_proto: bytes) -> None:
+        import sentencepiece as spm
+
+        self.proto = model_proto
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        ids = [self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id()]
+        if ids != [PAD_ID, UNK_ID, BOS_ID, EOS_ID]:
+            raise ValueError(f"SentencePiece model has special ids {ids}, aiayn needs pad=0 unk=1 bos=2 eos=3")
+
+    @classmethod
+    def train(cls, sentences: Iterable[str], vocab_size: int, model_type: str = "bpe", seed: int = 1234,
+              character_coverage: float = 1.0, max_sentences: int = 2_000_000) -> "SentencePieceVocab":
+        import io
+
+        import sentencepiece as spm
+
+        out = io.BytesIO()
+        if hasattr(spm, "set_random_generator_seed"):
+            spm.set_random_generator_seed(seed)  # deterministic sampling of large inputs
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences), model_writer=out, vocab_size=vocab_size, model_type=model_type,
+            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, character_coverage=character_coverage,
+            input_sentence_size=max_sentences, shuffle_input_sentence=True,
+            num_threads=2, minloglevel=2, hard_vocab_limit=False,
+        )
+        return cls(out.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> "SentencePieceVocab":
+        return cls(Path(path).read_bytes())
+
+    def __len__(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode(texts)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.sp.decode([i for i in ids if i > EOS_ID])
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        return [self.sp.id_to_piece(int(i)) for i in ids]
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / self.filename
+        path.write_bytes(self.proto)
+        return path
+
+
+class CharVocab:
+    """One id per character seen in training (nanoGPT's character-level vocabulary), after the specials.
+
+    A character never seen in training maps to <unk>.
+    """
+
+    kind = "char"
+    filename = "chars.json"
+
+    def __init__(self, chars: list[str]) -> None:
+        self.chars = chars
+        self.index = {c: i + len(SPECIALS) for i, c in enumerate(chars)}
+
+    @classmethod
+    def train(cls, texts: Iterable[str]) -> "CharVocab":
+        seen: set[str] = set()
+        for t in texts:
+            seen.update(t)
+        return cls(sorted(seen))
+
+    @classmethod
+    def load(cls, path: Path) -> "CharVocab":
+        return cls(json.loads(Path(path).read_text(encoding="utf-8"))["chars"])
+
+    def __len__(self) -> int:
+        return len(SPECIALS) + len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index.get(c, UNK_ID) for c in text]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        n = len(SPECIALS)
+        return "".join(self.chars[i - n] for i in map(int, ids) if i >= n)
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        n = len(SPECIALS)
+        return [SPECIALS[i] if i < n else self.chars[i - n] for i in map(int, ids)]
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / self.filename
+        path.write_text(json.dumps({"chars": self.chars}, ensure_ascii=False), encoding="utf-8")
+        return path
+
+
+def load_vocab(directory: str | Path) -> SentencePieceVocab | CharVocab:
+    """The vocabulary stored in a data or model directory."""
+    directory = Path(directory)
+    if (directory / SentencePieceVocab.filename).is_file():
+        return SentencePieceVocab.load(directory / SentencePieceVocab.filename)
+    if (directory / CharVocab.filename).is_file():
+        return CharVocab.load(directory / CharVocab.filename)
+    raise FileNotFoundError(f"{directory}: no vocabulary ({SentencePieceVocab.filename} or {CharVocab.filename})")

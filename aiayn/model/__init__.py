@@ -1,0 +1,107 @@
+"""The model family: pure ``nn.Module``s configured by :class:`~aiayn.config.ModelConfig`.
+
+This package imports nothing from data, training, decoding or serving.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Iterator
+
+from torch import nn
+
+from ..config import ModelConfig
+from .attention import KVCache, MultiHeadAttention, attention
+from .encoder_only import EncoderModel
+from .layers import sinusoidal_table
+from .lm import LanguageModel
+from .transformer import DecoderState, Transformer, padding_mask
+
+Model = Transformer | LanguageModel | EncoderModel
+
+
+def build_model(cfg: ModelConfig) -> Model:
+    """The model ``cfg.arch`` names."""
+    if cfg.arch == "encoder-decoder":
+        return Transformer(cfg)
+    if cfg.arch == "decoder-only":
+        return LanguageModel(cfg)
+    return EncoderModel(cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct trainable parameters (a tied matrix counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def parameter_breakdown(model: nn.Module) -> "OrderedDict[str, int]":
+    """Parameters per component, each shared tensor counted once, where it first appears.
+
+    For the encoder-decoder with three-way tying (§3.4) the components are:
+
+    * ``embedding``: V·d (one matrix: source, target and pre-softmax);
+    * each encoder layer: self-attention 4·(d² + d) + FFN (2·d·d_ff + d_ff + d) + 2 LayerNorms (2·2d);
+    * each decoder layer: two attentions 2·4·(d² + d) + FFN + 3 LayerNorms (3·2d);
+    * a final LayerNorm per stack only with pre-LN, and a separate output matrix only with tie=none.
+
+    paper-base, V = 37,000: 18.94M + 6·3.15M + 6·4.20M = 63.08M. The paper's Table 3 says 65M (its
+    exact vocabulary size and counting are not given); paper-big gives 214.1M against Table 3's 213M.
+    """
+    seen: set[int] = set()
+    out: "OrderedDict[str, int]" = OrderedDict()
+
+    def add(name: str, module: nn.Module) -> None:
+        n = 0
+        for p in module.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                n += p.numel()
+        if n:
+            out[name] = out.get(name, 0) + n
+
+    for stack_name in ("encoder", "decoder"):
+        stack = getattr(model, stack_name, None)
+        if stack is None:
+            continue
+        add(f"{stack_name} embedding", stack.input.embedding)  # a shared one counts under the first stack
+        add(f"{stack_name} positional", stack.input.positional)
+        for i, layer in enumerate(stack.layers):
+            add(f"{stack_name} layer {i}", layer)
+        add(f"{stack_name} final norm", stack.norm)
+    for name, module in model.named_children():
+        if name not in ("encoder", "decoder"):
+            add(name, module)
+    return out
+
+
+@contextmanager
+def recording_attention(model: nn.Module) -> Iterator[list[tuple[str, MultiHeadAttention]]]:
+    """Within the block, every attention layer uses the reference path and keeps its weights.
+
+    Yields ``[(name, module), …]``; after a forward pass each ``module.weights`` is (B, h, T_q, T_k).
+    """
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
+    for _, m in layers:
+        m.record_weights = True
+    try:
+        yield layers
+    finally:
+        for _, m in layers:
+            m.record_weights = False
+
+
+def set_attention_impl(model: nn.Module, impl: str) -> None:
+    """``"sdpa"`` (fast path) or ``"reference"`` (equation 1 written out) for every attention layer."""
+    if impl not in ("sdpa", "reference"):
+        raise ValueError(f"attention implementation must be 'sdpa' or 'reference', got {impl!r}")
+    for m in model.modules():
+        if isinstance(m, MultiHeadAttention):
+            m.impl = impl
+
+
+__all__ = [
+    "Model", "build_model", "count_parameters", "parameter_breakdown", "recording_attention",
+    "set_attention_impl", "Transformer", "LanguageModel", "EncoderModel", "DecoderState", "KVCache",
+    "MultiHeadAttention", "attention", "padding_mask", "sinusoidal_table",
+]

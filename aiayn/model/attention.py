@@ -1,0 +1,159 @@
+"""Attention (§3.2): scaled dot-product attention and multi-head attention.
+
+Two paths compute the same function:
+
+* the fast path, :func:`torch.nn.functional.scaled_dot_product_attention` (fused kernels), and
+* the reference path, :func:`attention`, written as the paper's equation (1), which can also hand
+  back the attention weights so they can be looked at.
+
+Masks are boolean and broadcast to ``(B, h, T_q, T_k)``; ``True`` means "may attend".
+
+Incremental decoding keeps a :class:`KVCache` per attention layer: for decoder self-attention the
+keys and values of the positions produced so far, for encoder-decoder attention the keys and values
+of the encoder output, computed once per source sentence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout: float = 0.0, training: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Scaled dot-product attention, §3.2.1 equation (1): softmax(QKᵀ/√d_k)·V.
+
+    q: (B, h, T_q, d_k), k: (B, h, T_k, d_k), v: (B, h, T_k, d_v), mask: bool, True = attend.
+    Returns the output (B, h, T_q, d_v) and the attention weights (B, h, T_q, T_k).
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, h, T_q, T_k)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    if dropout > 0.0 and training:
+        weights_used = F.dropout(weights, p=dropout)
+    else:
+        weights_used = weights
+    return weights_used @ v, weights
+
+
+def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> Tensor:
+    """(t_q, t_k) bool mask where query i (the last t_q of t_k positions) sees keys ≤ its own position."""
+    offset = t_k - t_q
+    q_pos = torch.arange(t_q, device=device).unsqueeze(1) + offset
+    return torch.arange(t_k, device=device).unsqueeze(0) <= q_pos
+
+
+@dataclass
+class KVCache:
+    """Keys and values of one attention layer, (B, h, T, d_k) each."""
+
+    k: Tensor | None = None
+    v: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.size(2)
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.k is None:
+            self.k, self.v = k, v
+        else:
+            self.k = torch.cat([self.k, k], dim=2)
+            self.v = torch.cat([self.v, v], dim=2)  # type: ignore[list-item]
+        return self.k, self.v  # type: ignore[return-value]
+
+    def select(self, index: Tensor) -> None:
+        """Keep rows ``index`` of the batch (beam reordering, dropping finished sentences)."""
+        if self.k is not None:
+            self.k = self.k.index_select(0, index)
+            self.v = self.v.index_select(0, index)  # type: ignore[union-attr]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention, §3.2.2: Concat(head_1, …, head_h)·W^O, head_i = Attention(QW_i^Q, KW_i^K, VW_i^V).
+
+    The h per-head projections W_i^Q, W_i^K, W_i^V are stored stacked in one ``in_proj`` of shape
+    (3·d_model, d_model), in the same layout as :class:`torch.nn.MultiheadAttention`: self-attention
+    projects Q, K and V with one matrix multiply; encoder-decoder attention projects the queries with
+    the first third and the memory with the other two.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, bias: bool = True, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.d_model, self.n_heads, self.d_k = d_model, n_heads, d_model // n_heads
+        self.dropout = dropout
+        self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias)  # [W^Q; W^K; W^V] for all heads
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)  # W^O
+        self.impl = "sdpa"  # "sdpa" (fast) or "reference" (equation 1, can record weights)
+        self.record_weights = False
+        self.weights: Tensor | None = None  # (B, h, T_q, T_k), set when record_weights is on
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_heads, self.d_k).transpose(1, 2)  # (B, h, T, d_k)
+
+    def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of an encoder output (B, S, d) for encoder-decoder attention."""
+        w, b = self.in_proj.weight[self.d_model :], None
+        if self.in_proj.bias is not None:
+            b = self.in_proj.bias[self.d_model :]
+        k, v = F.linear(memory, w, b).chunk(2, dim=-1)
+        return self._heads(k), self._heads(v)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+        static_kv: bool = False,
+    ) -> Tensor:
+        """x: (B, T, d) queries. Self-attention when ``memory`` is None, else attention over memory (B, S, d).
+
+        ``cache``: for self-attention, earlier keys/values are read from it and the new ones appended;
+        with ``static_kv`` (encoder-decoder attention) it holds the memory's keys/values, filled on first use.
+        """
+        d = self.d_model
+        w, b = self.in_proj.weight, self.in_proj.bias
+        if memory is None:
+            q, k, v = (self._heads(t) for t in F.linear(x, w, b).chunk(3, dim=-1))
+            if cache is not None:
+                k, v = cache.append(k, v)
+        else:
+            q = self._heads(F.linear(x, w[:d], None if b is None else b[:d]))
+            if static_kv and cache is not None and cache.k is not None:
+                k, v = cache.k, cache.v  # type: ignore[assignment]
+            else:
+                k, v = self.project_memory(memory)
+                if static_kv and cache is not None:
+                    cache.k, cache.v = k, v
+
+        t_q, t_k = q.size(2), k.size(2)
+        reference = self.impl == "reference" or self.record_weights
+        # A single new query with a cache sees every cached position: no mask needed. A square
+        # causal pattern without other masks goes to SDPA's own causal kernel.
+        sdpa_causal = causal and t_q > 1 and mask is None and t_q == t_k and not reference
+        if causal and t_q > 1 and not sdpa_causal:
+            cm = causal_mask(t_q, t_k, x.device)  # with a cache: the last t_q of t_k positions
+            mask = cm if mask is None else mask & cm
+
+        p = self.dropout if self.training else 0.0
+        if reference:
+            out, weights = attention(q, k, v, mask, p, self.training)
+            if self.record_weights:
+                self.weights = weights.detach()
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=sdpa_causal)
+        b_, h, t, dk = out.shape
+        out = out.transpose(1, 2).reshape(b_, t, h * dk)  # concatenate the heads: (B, T, d)
+        return self.out_proj(out)

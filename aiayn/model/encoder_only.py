@@ -1,0 +1,55 @@
+"""The encoder-only model (bidirectional; the shape BERT later took): the Transformer's encoder stack
+with a masked-token prediction head and an optional sequence-classification head.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from .layers import Embedding, InputLayer, init_linear_weights
+from .transformer import Encoder, OutputLayer, padding_mask
+
+
+class EncoderModel(nn.Module):
+    """tokens (B, S) → contextual states (B, S, d), with two heads:
+
+    * ``mlm_logits``: masked-token prediction over the vocabulary (tied to the embedding unless tie=none);
+    * ``classify``: one label per sequence from the mean of its non-padding states (``n_classes`` > 0).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        emb = Embedding(cfg.vocab_size, cfg.d_model, cfg.scale_embeddings)
+        self.encoder = Encoder(cfg, InputLayer(cfg, emb))
+        self.mlm_transform = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias),
+            nn.GELU() if cfg.activation == "gelu" else nn.ReLU(),
+            nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps, bias=cfg.bias),
+        )
+        self.output = OutputLayer(cfg.d_model, cfg.vocab_size, emb if cfg.tie != "none" else None)
+        self.classifier = nn.Linear(cfg.d_model, cfg.n_classes) if cfg.n_classes > 0 else None
+        init_linear_weights(self)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.encoder(tokens, padding_mask(tokens))
+
+    def mlm_logits(self, tokens: Tensor) -> Tensor:
+        """(B, S) → (B, S, V): a distribution over the vocabulary at every position."""
+        return self.output(self.mlm_transform(self(tokens)))
+
+    def classify(self, tokens: Tensor) -> Tensor:
+        """(B, S) → (B, n_classes) logits."""
+        if self.classifier is None:
+            raise ValueError("this model has no classification head (set n_classes > 0)")
+        h = self(tokens)  # (B, S, d)
+        keep = padding_mask(tokens)[:, 0, 0, :, None].to(h.dtype)  # (B, S, 1)
+        pooled = (h * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        return self.classifier(pooled)
+
+    def mlm_loss(self, tokens: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
+        """Cross-entropy at the masked positions (targets = ignore_index elsewhere)."""
+        logits = self.mlm_logits(tokens)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index)

@@ -1,0 +1,58 @@
+"""The optimiser, its learning-rate schedule and the label-smoothed loss (§5.3, §5.4)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import PAD_ID
+
+
+def inverse_sqrt_lr(step: int, d_model: int, warmup: int, scale: float = 1.0) -> float:
+    """§5.3, equation (3): lrate = d_model^-0.5 · min(step^-0.5, step · warmup^-1.5), times ``scale``.
+
+    Rises linearly for ``warmup`` steps, then decays with the inverse square root of the step.
+    Steps count from 1.
+    """
+    step = max(step, 1)
+    return scale * d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
+
+
+def cosine_lr(step: int, peak: float, warmup: int, total: int, min_lr: float = 0.0) -> float:
+    """Linear warm-up to ``peak``, then a cosine decay to ``min_lr`` at ``total`` steps (nanoGPT)."""
+    step = max(step, 1)
+    if step <= warmup:
+        return peak * step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_lr + 0.5 * (peak - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def label_smoothed_loss(logits: Tensor, target: Tensor, smoothing: float, ignore_index: int = PAD_ID) -> tuple[Tensor, Tensor]:
+    """Summed cross-entropy with label smoothing ε (§5.4), and the summed plain NLL (for perplexity).
+
+    The smoothed target puts 1 − ε + ε/V on the reference token and ε/V on every other token
+    (PyTorch's formulation; tensor2tensor and fairseq spread ε over the V − 1 other tokens).
+    Padding positions count for nothing.
+    """
+    logits = logits.reshape(-1, logits.size(-1)).float()
+    target = target.reshape(-1)
+    loss = F.cross_entropy(logits, target, ignore_index=ignore_index, label_smoothing=smoothing, reduction="sum")
+    with torch.no_grad():
+        nll = loss if smoothing == 0 else F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
+    return loss, nll
+
+
+def make_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam (§5.3: β₁ = 0.9, β₂ = 0.98, ε = 1e-9). With weight decay, AdamW that decays matrices only
+    (not biases, LayerNorm gains or embeddings of positions), as nanoGPT does."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = {"fused": True} if all(p.device.type in ("cuda", "cpu") for p in params) else {}
+    if weight_decay <= 0:
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, **fused)
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **fused)

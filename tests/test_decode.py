@@ -1,0 +1,101 @@
+"""Greedy and beam search (§6.1): exactness on a tiny vocabulary, batch invariance, ordering."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from aiayn.config import BOS_ID, EOS_ID, preset
+from aiayn.data.batching import source_tensor
+from aiayn.decode.search import beam_search, greedy_search, length_penalty, max_lengths
+from aiayn.decode.translate import DecodeConfig, InputTooLong, Translator
+from aiayn.model import Transformer
+
+
+def random_model(vocab=64, seed=0, **kw):
+    torch.manual_seed(seed)
+    return Transformer(preset("tiny", vocab_size=vocab, dropout=0.0, **kw)).eval().double()
+
+
+def sources(n=6, vocab=64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(4, vocab, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+
+
+def _logp(model, src, seq):
+    """log P(seq | src) by teacher forcing."""
+    s = source_tensor([src])
+    tgt_in = torch.tensor([[BOS_ID] + seq[:-1]])
+    logp = model(s, tgt_in).float().log_softmax(-1)[0]
+    return sum(logp[i, t].item() for i, t in enumerate(seq))
+
+
+def test_beam_search_is_exact_when_the_beam_holds_everything():
+    # V = 4 specials + 2 words; max length 3: every hypothesis fits in a beam of 16.
+    model = random_model(vocab=6, seed=3)
+    src = [4, 5, 4]
+    limit = torch.tensor([3])
+    best = beam_search(model, source_tensor([src]), limit, beam=16, alpha=0.6, nbest=3)[0]
+    candidates = []
+    for n in range(0, 3):
+        for words in itertools.product([4, 5, 1], repeat=n):  # 1 = <unk> is a real token too
+            seq = list(words) + [EOS_ID]
+            candidates.append((_logp(model, src, seq) / length_penalty(len(seq), 0.6), list(words)))
+    for words in itertools.product([4, 5, 1], repeat=3):  # out of length: end without </s>
+        candidates.append((_logp(model, src, list(words)) / length_penalty(3, 0.6), list(words)))
+    candidates.sort(key=lambda c: -c[0])
+    assert [h.tokens for h in best] == [c[1] for c in candidates[:3]]
+    for h, c in zip(best, candidates):
+        assert h.score == pytest.approx(c[0], abs=1e-4)
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_output_does_not_depend_on_the_batch(beam):
+    model = random_model()
+    srcs = sources(8)
+    cfg = DecodeConfig(beam=beam, max_len_b=10)
+    tr = Translator(model, None, cfg)
+    together = tr.translate_ids(srcs)
+    alone = [tr.translate_ids([s])[0] for s in srcs]
+    in_pairs = [h for i in range(0, 8, 2) for h in tr.translate_ids(srcs[i : i + 2])]
+    for a, b, c in zip(together, alone, in_pairs):
+        assert a[0].tokens == b[0].tokens == c[0].tokens
+        assert a[0].score == pytest.approx(b[0].score, abs=1e-6)
+
+
+def test_greedy_follows_the_argmax_of_a_full_forward():
+    model = random_model(seed=5)
+    src = source_tensor(sources(1, seed=7))
+    hyp = greedy_search(model, src, torch.tensor([6]))[0]
+    seq = hyp.tokens + ([EOS_ID] if len(hyp.tokens) < 6 else [])
+    logits = model(src, torch.tensor([[BOS_ID] + seq[:-1]]))[0]
+    logits[:, 0] = logits[:, 2] = float("-inf")  # <pad> and <s> are never produced
+    assert logits.argmax(-1).tolist() == seq
+
+
+def test_max_length_is_source_plus_50():
+    src = source_tensor([[5, 6, 7], [5]])
+    assert max_lengths(src).tolist() == [53, 51]
+
+
+def test_nbest_is_sorted_and_bounded():
+    model = random_model()
+    hyps = beam_search(model, source_tensor(sources(2)), torch.tensor([8, 8]), beam=4, nbest=3)
+    for hs in hyps:
+        assert len(hs) == 3 and [h.score for h in hs] == sorted((h.score for h in hs), reverse=True)
+    with pytest.raises(ValueError):
+        beam_search(model, source_tensor(sources(1)), torch.tensor([8]), beam=2, nbest=3)
+
+
+def test_translator_keeps_order_empty_lines_and_rejects_long_inputs():
+    model = random_model()
+    tr = Translator(model, None, DecodeConfig(beam=2, max_len_b=5, max_input_tokens=20, max_tokens=16))
+    srcs = sources(5)
+    srcs.insert(2, [])
+    out = tr.translate_ids(srcs)
+    assert out[2][0].tokens == []
+    assert [o[0].tokens for o in out[:2]] == [tr.translate_ids([s])[0][0].tokens for s in srcs[:2]]
+    with pytest.raises(InputTooLong, match="input 1 has 21 tokens"):
+        tr.translate_ids([[5] * 21])
