@@ -136,9 +136,10 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         from .data.corpus import read_text
         import numpy as np
 
-        text = read_text(a.test) if a.test else None
-        if text is None:
-            _die("--test FILE (the text to score) is required for a language model")
+        text = read_text(a.test)
+        if a.tail_fraction:
+            # The validation split `aiayn prepare --lm` makes: the last fraction of the characters.
+            text = text[int(len(text) * (1 - a.tail_fraction)) :]
         ids = np.asarray(vocab.encode(text) if vocab.kind == "char" else [i for line in vocab.encode_batch(text.splitlines()) for i in line + [3]])
         res = lm_loss(model, ids, a.block_size or model.cfg.max_positions)
         print(f"{a.test}: {res['tokens']:,} tokens, loss {res['val_loss']:.4f} nats/token, perplexity {res['ppl']:.3f}")
@@ -154,6 +155,27 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     print(f"  chrF2 = {scores['chrf']:.2f}")
     print(f"  signature: {scores['signature']}")
     print(json.dumps({k: scores[k] for k in ("bleu", "chrf", "signature", "chrf_signature", "n")}))
+
+
+# --- generate ----------------------------------------------------------------------------------
+def cmd_generate(a: argparse.Namespace) -> None:
+    from .decode.sampling import SampleConfig, generate_text
+
+    _threads(a.threads)
+    model, vocab, config = _load(a.model)
+    if config["model"].get("arch") != "decoder-only":
+        _die(f"{a.model} is not a language model (arch {config['model'].get('arch')}); use `aiayn translate`")
+    if a.prompt is not None and a.prompt_file:
+        _die("give --prompt or --prompt-file, not both")
+    prompt = Path(a.prompt_file).read_text(encoding="utf-8") if a.prompt_file else (a.prompt or "")
+    cfg = SampleConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)
+    for i in range(a.num_samples):
+        text = generate_text(model, vocab, prompt, cfg, stop=a.stop)
+        sys.stdout.write(prompt + text + "\n")
+        if i + 1 < a.num_samples:
+            sys.stdout.write("---\n")
+        if cfg.seed is not None:
+            cfg.seed += 1
 
 
 # --- demo --------------------------------------------------------------------------------------
@@ -239,10 +261,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="only the first N sentences")
     p.add_argument("--output", help="write the translations here")
     p.add_argument("--block-size", type=int, default=0, help="language model: window size (default: the model's)")
+    p.add_argument("--tail-fraction", type=float, default=0.0,
+                   help="language model: score only the last fraction of the text (0.1 = nanoGPT's validation split)")
     _decode_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    for name, issue in (("generate", "issue #4"), ("serve", "issue #5"), ("viz", "issue #5"), ("export", "issue #6")):
+    p = sub.add_parser("generate", help="continue a prompt with a language model (sampling)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--prompt", help="the text to continue")
+    p.add_argument("--prompt-file", help="read the prompt from this file")
+    p.add_argument("--max-new-tokens", type=int, default=300)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most probable tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
+    p.add_argument("--stop", action="append", help="cut the text before this string (repeatable)")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
+
+    for name, issue in (("serve", "issue #5"), ("viz", "issue #5"), ("export", "issue #6")):
         p = sub.add_parser(name, help=f"not implemented yet ({issue})")
         p.set_defaults(func=_not_yet(name, issue))
     return ap

@@ -40,7 +40,7 @@ from ..data.prepare import load_manifest
 from ..data.vocab import load_vocab
 from ..model import build_model, count_parameters
 from .checkpoint import CheckpointError, load_trainer_state, save_model_dir, write_json_atomic
-from .optim import cosine_lr, inverse_sqrt_lr, label_smoothed_loss, make_optimizer
+from .optim import cosine_decay, cosine_lr, inverse_sqrt_lr, label_smoothed_loss, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class TrainConfig:
     # how long
     max_steps: int = 0  # 0 = no limit
     max_epochs: int = 0  # 0 = no limit
-    max_minutes: float = 0.0  # wall-clock budget; 0 = no limit
+    max_minutes: float = 0.0  # budget of training time (evaluation and saving not counted); 0 = no limit
     # evaluation and checkpoints
     eval_every: int = 500
     eval_bleu_sentences: int = 200  # dev sentences translated (greedy) for BLEU at each evaluation
@@ -201,7 +201,13 @@ class Trainer:
         if c.lr_schedule == "inverse_sqrt":
             return inverse_sqrt_lr(step, self.run.model.d_model, c.warmup, c.lr_scale)
         if c.lr_schedule == "cosine":
-            return cosine_lr(step, c.lr, c.warmup, max(c.max_steps, 1), c.min_lr)
+            if c.max_steps:
+                return cosine_lr(step, c.lr, c.warmup, c.max_steps, c.min_lr)
+            if c.max_minutes:  # a time budget: after warm-up, decay over the fraction of it used so far
+                if step <= c.warmup:
+                    return c.lr * step / c.warmup
+                return cosine_decay(self.elapsed / (c.max_minutes * 60), c.lr, c.min_lr)
+            raise ConfigError("lr_schedule cosine needs max_steps or max_minutes to know where it ends")
         return c.lr * min(1.0, step / max(1, c.warmup))
 
     # --- data -----------------------------------------------------------------------------

@@ -26,7 +26,12 @@ def cosine_lr(step: int, peak: float, warmup: int, total: int, min_lr: float = 0
     step = max(step, 1)
     if step <= warmup:
         return peak * step / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return cosine_decay((step - warmup) / max(1, total - warmup), peak, min_lr)
+
+
+def cosine_decay(progress: float, peak: float, min_lr: float) -> float:
+    """From ``peak`` at progress 0 to ``min_lr`` at progress 1 along half a cosine."""
+    progress = min(max(progress, 0.0), 1.0)
     return min_lr + 0.5 * (peak - min_lr) * (1 + math.cos(math.pi * progress))
 
 

@@ -1,0 +1,82 @@
+"""The `aiayn` command as a user runs it: each stage on a toy corpus, errors, the README's demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def aiayn(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "aiayn", *args], input=stdin, capture_output=True, text=True, env=ENV, cwd=ROOT)
+    if check and r.returncode != 0:
+        raise AssertionError(f"aiayn {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return r
+
+
+def test_params_prints_the_total_last():
+    out = aiayn("params", "--preset", "paper-base", "--vocab-size", "37000").stdout.strip().splitlines()
+    assert out[-1] == "63082496"
+    assert any("decoder layer 5" in line for line in out)
+
+
+def test_help_lists_commands_and_unfinished_ones_say_so():
+    out = aiayn("--help").stdout
+    for cmd in ("prepare", "train", "average", "translate", "evaluate", "generate", "demo", "params"):
+        assert cmd in out
+    r = aiayn("serve", check=False)
+    assert r.returncode == 3 and "not implemented yet" in r.stderr
+
+
+def test_prepare_train_average_translate_evaluate(toy_corpus, tmp_path):
+    data, run = tmp_path / "data", tmp_path / "run"
+    aiayn("prepare", "--train", str(toy_corpus["train"]), "--dev", str(toy_corpus["dev"]), "--out", str(data), "--vocab-size", "120")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model:\n  preset: tiny\n  d_model: 32\n  d_ff: 64\ntrain:\n  data: {data}\n  out: {run}\n"
+                   "  warmup: 20\n  max_tokens: 300\n  max_steps: 6\n  save_every: 3\n  eval_every: 3\n  eval_bleu_sentences: 5\n")
+    last = json.loads(aiayn("train", str(cfg)).stdout.strip().splitlines()[-1])
+    assert last["step"] == 6 and "dev_loss" in last
+    aiayn("average", "--run", str(run), "--last", "2", "--out", str(tmp_path / "avg"), "--half")
+    lines = "la casa\n\nel de que\n"
+    out = aiayn("translate", "--model", str(tmp_path / "avg"), "--beam", "2", stdin=lines).stdout
+    assert len(out.splitlines()) == 3 and out.splitlines()[1] == ""
+    ev = aiayn("evaluate", "--model", str(tmp_path / "avg"), "--test", str(toy_corpus["test"]), "--limit", "10").stdout
+    result = json.loads(ev.strip().splitlines()[-1])
+    assert result["n"] == 10 and {"bleu", "chrf", "signature"} <= set(result)
+
+
+def test_bad_inputs_are_clear_errors(toy_corpus, tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_bytes(b"a\tb\n\xff\tc\n")
+    r = aiayn("prepare", "--train", str(bad), "--out", str(tmp_path / "d"), check=False)
+    assert r.returncode == 2 and "bad.tsv:2: invalid UTF-8" in r.stderr
+    r = aiayn("train", "--set", "model.preset=tiny", "train.nonsense=1", check=False)
+    assert r.returncode == 2 and "unknown key" in r.stderr
+    r = aiayn("translate", "--model", str(tmp_path), stdin="hola\n", check=False)
+    assert r.returncode == 2 and "not an aiayn model directory" in r.stderr
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    r = aiayn("evaluate", "--model", str(ROOT / "models" / "bible-es-en"), "--test", str(empty), check=False)
+    assert r.returncode == 2 and "empty" in r.stderr
+
+
+def test_demo_runs_the_shipped_model():
+    """The README's first command: the shipped model translates and scores test verses."""
+    r = aiayn("demo", "--n", "20")
+    assert "es: En el principio creó Dios los cielos y la tierra." in r.stdout
+    assert "BLEU" in r.stdout
+    line = next(x for x in r.stdout.splitlines() if x.strip().startswith("en:"))
+    assert "God" in line and "heaven" in line
+
+
+@pytest.mark.slow
+def test_shipped_model_scores_on_the_test_split():
+    r = aiayn("evaluate", "--model", str(ROOT / "models" / "bible-es-en"), "--test", str(ROOT / "data" / "bible-es-en" / "test.tsv"))
+    assert json.loads(r.stdout.strip().splitlines()[-1])["bleu"] > 30
