@@ -59,7 +59,12 @@ def cmd_train(a: argparse.Namespace) -> None:
     from .train.loop import load_run_config, train
 
     run = load_run_config(a.config, parse_overrides(a.set or []))
-    result = train(run)
+    try:
+        result = train(run)
+    except KeyboardInterrupt:
+        print(f"aiayn: interrupted; the same command resumes from the last checkpoint in {run.train.out}/checkpoints",
+              file=sys.stderr)
+        raise SystemExit(130) from None
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}))
 
 
@@ -178,6 +183,36 @@ def cmd_generate(a: argparse.Namespace) -> None:
             cfg.seed += 1
 
 
+# --- viz ---------------------------------------------------------------------------------------
+def cmd_viz(a: argparse.Namespace) -> None:
+    from . import viz
+
+    if a.what == "curves":
+        path = viz.plot_curves(a.run, a.out or Path(a.run) / "curves.png")
+    elif a.what == "positional":
+        path = viz.plot_positional(a.out or "positional.png", a.positions, a.d_model)
+    else:
+        model, vocab, config = _load(a.model)
+        if config["model"].get("arch", "encoder-decoder") != "encoder-decoder":
+            _die("attention pictures need a translation (encoder-decoder) model")
+        parse = lambda s: [int(x) for x in s.split(",")] if s else None  # noqa: E731
+        path = viz.plot_attention(model, vocab, a.text, a.out or "attention.png", tuple(a.kinds.split(",")),
+                                  parse(a.layers), parse(a.heads))
+    print(path)
+
+
+# --- serve -------------------------------------------------------------------------------------
+def cmd_serve(a: argparse.Namespace) -> None:
+    try:
+        from .serve.app import Limits, serve
+    except ImportError as e:
+        _die(f"serving needs FastAPI and uvicorn: pip install 'aiayn[serve]' ({e})")
+    if a.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: reachable from other machines", a.host)
+    serve(a.model, a.host, a.port, a.threads, Limits(max_texts=a.max_texts, max_chars=a.max_chars, max_beam=a.max_beam,
+                                                     batch_wait_ms=a.batch_wait_ms))
+
+
 # --- demo --------------------------------------------------------------------------------------
 def cmd_demo(a: argparse.Namespace) -> None:
     from .demo import run_demo
@@ -280,7 +315,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=cmd_generate)
 
-    for name, issue in (("serve", "issue #5"), ("viz", "issue #5"), ("export", "issue #6")):
+    p = sub.add_parser("viz", help="pictures: training curves, positional encoding, attention (PNG)")
+    vs = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    q = vs.add_parser("curves", help="loss, dev BLEU and learning rate of a run")
+    q.add_argument("run", help="a run directory (with log.jsonl)")
+    q.add_argument("-o", "--out", help="PNG (default RUN/curves.png)")
+    q = vs.add_parser("positional", help="the sinusoidal encoding as heatmaps (both layouts) and waves")
+    q.add_argument("-o", "--out")
+    q.add_argument("--positions", type=int, default=50)
+    q.add_argument("--d-model", type=int, default=512)
+    q = vs.add_parser("attention", help="encoder, decoder and encoder-decoder attention for one translation")
+    q.add_argument("--model", required=True)
+    q.add_argument("--text", required=True)
+    q.add_argument("-o", "--out")
+    q.add_argument("--kinds", default="encoder,decoder,cross", help="comma-separated subset of encoder,decoder,cross")
+    q.add_argument("--layers", help="comma-separated layer numbers (default all)")
+    q.add_argument("--heads", help="comma-separated head numbers (default all)")
+    p.set_defaults(func=cmd_viz)
+
+    p = sub.add_parser("serve", help="REST API (/translate, /generate, /info, /health, /docs) and a web page at /")
+    p.add_argument("--model", required=True)
+    p.add_argument("--host", default="127.0.0.1", help="default: this machine only")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--max-texts", type=int, default=64, help="texts per request (more: 413)")
+    p.add_argument("--max-chars", type=int, default=2000, help="characters per text (more: 413)")
+    p.add_argument("--max-beam", type=int, default=16, help="largest beam a request may ask for (more: 422)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long requests wait to be batched together")
+    p.set_defaults(func=cmd_serve)
+
+    for name, issue in (("export", "issue #6"),):
         p = sub.add_parser(name, help=f"not implemented yet ({issue})")
         p.set_defaults(func=_not_yet(name, issue))
     return ap

@@ -1,0 +1,169 @@
+"""Pictures: training curves, the positional encoding (§3.5), and attention weights (§3.2).
+
+Each function writes one PNG with matplotlib (non-interactive backend) and returns its path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_log(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
+    """(train records, eval records) of a run's log.jsonl."""
+    path = Path(run_dir) / "log.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no log.jsonl (is it a run directory written by `aiayn train`?)")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "eval"]
+
+
+def plot_curves(run_dir: str | Path, out: str | Path, title: str | None = None) -> Path:
+    """Training loss, validation loss, dev BLEU (if any) and learning rate, against steps and minutes."""
+    plt = _plt()
+    train, evals = read_log(run_dir)
+    if not train:
+        raise ValueError(f"{run_dir}: the log has no training records yet")
+    bleu = [e for e in evals if "dev_bleu" in e]
+    n = 3 if bleu else 2
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.8))
+    ax = axes[0]
+    ax.plot([r["step"] for r in train], [r["nll"] for r in train], label="train NLL", lw=1)
+    vkey = "dev_loss" if evals and "dev_loss" in evals[0] else "val_loss"
+    if evals and vkey in evals[0]:
+        ax.plot([e["step"] for e in evals], [e[vkey] for e in evals], "o-", label="validation NLL", ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats / token")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _minutes_axis(ax, train)
+    if bleu:
+        ax = axes[1]
+        ax.plot([e["time"] / 60 for e in bleu], [e["dev_bleu"] for e in bleu], "o-", color="C2", ms=3)
+        ax.set_xlabel("training minutes")
+        ax.set_ylabel("dev BLEU (greedy)")
+        ax.grid(alpha=0.3)
+    ax = axes[-1]
+    ax.plot([r["step"] for r in train], [r["lr"] for r in train], color="C3")
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    ax.grid(alpha=0.3)
+    fig.suptitle(title or str(run_dir))
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _minutes_axis(ax, train: list[dict]) -> None:  # noqa: ANN001
+    """A secondary x axis in training minutes, interpolated from the log."""
+    steps = [r["step"] for r in train]
+    mins = [r["time"] / 60 for r in train]
+    if len(steps) < 2:
+        return
+    import numpy as np
+
+    sec = ax.secondary_xaxis("top", functions=(lambda s: np.interp(s, steps, mins), lambda m: np.interp(m, mins, steps)))
+    sec.set_xlabel("training minutes")
+
+
+def plot_positional(out: str | Path, positions: int = 50, d_model: int = 512) -> Path:
+    """Heatmaps of the sinusoidal encoding in both layouts, and a few dimensions as waves."""
+    from .model import sinusoidal_table
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    for ax, layout in zip(axes[:2], ("interleaved", "concat")):
+        pe = sinusoidal_table(positions, d_model, layout)
+        im = ax.imshow(pe.numpy(), aspect="auto", cmap="RdBu", vmin=-1, vmax=1)
+        ax.set_title("interleaved sin/cos (the paper, §3.5)" if layout == "interleaved" else "concatenated [sin | cos] (HF Marian layout)")
+        ax.set_xlabel("dimension")
+        ax.set_ylabel("position")
+    fig.colorbar(im, ax=axes[1])
+    pe = sinusoidal_table(100, d_model, "interleaved")
+    for dim in (4, 20, 60, 100, 150):
+        axes[2].plot(pe[:, dim].numpy(), label=f"dim {dim}")
+    axes[2].set_xlabel("position")
+    axes[2].set_title("PE(pos, i) for a few dimensions")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+@torch.no_grad()
+def attention_maps(model, vocab, text: str, beam: int = 1, tgt_tokens: list[int] | None = None) -> dict:  # noqa: ANN001
+    """Translate ``text`` (or take ``tgt_tokens``, a translation already made) and return the tokens and
+    every layer's attention weights for that translation.
+
+    Returns ``{"src": [...], "tgt": [...], "translation": str, "encoder": [(h, S, S)…], "decoder": [(h, T, T)…],
+    "cross": [(h, T, S)…]}``, one entry per layer, from the reference attention path.
+    """
+    from .data.batching import source_tensor
+    from .decode.translate import DecodeConfig, Translator
+    from .model import recording_attention
+
+    src_ids = vocab.encode(text.strip())
+    if tgt_tokens is None:
+        tgt_tokens = Translator(model, vocab, DecodeConfig(beam=beam)).translate_ids([src_ids])[0][0].tokens
+    src = source_tensor([src_ids])
+    tgt_in = torch.tensor([[2] + tgt_tokens])
+    with recording_attention(model) as layers:
+        model(src, tgt_in)
+        maps = {name: m.weights[0].float() for name, m in layers}
+    out = {"src": vocab.pieces(src_ids + [3]), "tgt": vocab.pieces(tgt_tokens + [3]), "translation": vocab.decode(tgt_tokens)}
+    # The decoder read <s> y; row i is the prediction of target token i (y_i, or </s> last).
+    out["encoder"] = [v for k, v in maps.items() if k.startswith("encoder.") and k.endswith("self_attn")]
+    out["decoder"] = [v for k, v in maps.items() if k.startswith("decoder.") and k.endswith("self_attn")]
+    out["cross"] = [v for k, v in maps.items() if k.endswith("cross_attn")]
+    return out
+
+
+def plot_attention(model, vocab, text: str, out: str | Path, kinds: tuple[str, ...] = ("encoder", "decoder", "cross"),  # noqa: ANN001
+                   layers: list[int] | None = None, heads: list[int] | None = None) -> Path:
+    """A grid of attention maps with token labels: one row per (kind, layer), one column per head."""
+    plt = _plt()
+    maps = attention_maps(model, vocab, text)
+    rows = []
+    for kind in kinds:
+        for i, w in enumerate(maps[kind]):
+            if layers is None or i in layers:
+                rows.append((kind, i, w))
+    if not rows:
+        raise ValueError("no attention layer selected")
+    n_heads = rows[0][2].size(0)
+    cols = [h for h in range(n_heads) if heads is None or h in heads]
+    size = max(len(maps["src"]), len(maps["tgt"]))
+    cell = max(2.2, 0.22 * size)
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(cell * len(cols), cell * len(rows)), squeeze=False)
+    labels = {"encoder": (maps["src"], maps["src"]), "decoder": (["<s>"] + maps["tgt"][:-1], maps["tgt"]),
+              "cross": (maps["src"], maps["tgt"])}
+    for r, (kind, layer, w) in enumerate(rows):
+        keys, queries = labels[kind]
+        for c, h in enumerate(cols):
+            ax = axes[r][c]
+            ax.imshow(w[h].numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            ax.set_xticks(range(len(keys)), keys, rotation=90, fontsize=7)
+            ax.set_yticks(range(len(queries)), queries, fontsize=7)
+            ax.set_title(f"{kind} layer {layer} head {h}", fontsize=9)
+    fig.suptitle(f"{text}  →  {maps['translation']}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _save(fig, out: str | Path) -> Path:  # noqa: ANN001
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return out

@@ -1,0 +1,38 @@
+"""The pictures are written, and the attention maps are the model's."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from aiayn import viz
+from aiayn.config import preset
+from aiayn.data.vocab import CharVocab
+from aiayn.model import Transformer
+
+
+def test_curves_and_positional(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / "log.jsonl", "w") as f:
+        for s in range(1, 40):
+            f.write(json.dumps({"kind": "train", "step": s, "time": s * 2.0, "loss": 5 - s / 10, "nll": 4 - s / 10, "lr": 1e-3}) + "\n")
+            if s % 10 == 0:
+                f.write(json.dumps({"kind": "eval", "step": s, "time": s * 2.0, "dev_loss": 4 - s / 12, "dev_bleu": s / 2}) + "\n")
+    png = viz.plot_curves(run, tmp_path / "c.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert viz.plot_positional(tmp_path / "p.png").stat().st_size > 10_000
+
+
+def test_attention_maps_are_distributions_over_the_right_tokens(tmp_path):
+    vocab = CharVocab.train(["abcdefgh "])
+    torch.manual_seed(0)
+    model = Transformer(preset("tiny", vocab_size=len(vocab), dropout=0.0)).eval()
+    maps = viz.attention_maps(model, vocab, "abc de")
+    s, t = len(maps["src"]), len(maps["tgt"])
+    assert maps["src"][-1] == "</s>" and len(maps["encoder"]) == 2
+    assert maps["encoder"][0].shape == (4, s, s) and maps["cross"][1].shape == (4, t, s)
+    torch.testing.assert_close(maps["cross"][0].sum(-1), torch.ones(4, t))
+    assert torch.all(maps["decoder"][0].triu(1) == 0)
+    assert viz.plot_attention(model, vocab, "abc de", tmp_path / "a.png", layers=[1], heads=[0, 1]).is_file()
