@@ -1,0 +1,82 @@
+"""End to end in a real browser: `aiayn serve` with the shipped model, driven by Playwright + Chromium.
+
+Needs Debian's chromium and Playwright's Python package (`.ci/run` installs both); elsewhere it is
+skipped unless CI is set. `AIAYN_UPDATE_DOCS=1` also writes the screenshot to docs/img/serve.png.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover
+    sync_playwright = None
+
+if not os.environ.get("CI") and (sync_playwright is None or not Path(CHROMIUM).exists()):
+    pytest.skip("needs playwright and Debian's chromium (installed by .ci/run)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "aiayn", "serve", "--model", str(ROOT / "models" / "bible-es-en"),
+                             "--port", str(port), "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError(proc.stdout.read().decode()[-2000:])
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_page_translates_and_shows_attention(server, tmp_path):
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1100, "height": 1400})
+        page.goto(server)
+        page.fill("#src", "Y dijo Dios: Sea la luz: y fué la luz.")
+        page.click("#go")
+        page.wait_for_function("document.querySelector('#output').textContent.includes('light')", timeout=60_000)
+        assert "God" in page.inner_text("#output")
+        assert page.is_visible("#attention")
+        assert page.locator("#matrix td").count() > 20
+        page.select_option("#kind", "encoder")
+        page.locator("#queries .tok").nth(2).hover()
+        assert page.locator("#queries .tok.active").count() == 1
+        page.select_option("#kind", "cross")
+        shot = tmp_path / "serve.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert shot.stat().st_size > 20_000
+    if os.environ.get("AIAYN_UPDATE_DOCS"):
+        shutil.copy(shot, ROOT / "docs" / "img" / "serve.png")
