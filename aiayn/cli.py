@@ -137,15 +137,17 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     model, vocab, config = _load(a.model)
     arch = config["model"].get("arch", "encoder-decoder")
     if arch == "decoder-only":
-        from .evaluate import lm_loss
-        from .data.corpus import read_text
         import numpy as np
+
+        from .data.corpus import read_text
+        from .data.prepare import encode_lm_text
+        from .evaluate import lm_loss
 
         text = read_text(a.test)
         if a.tail_fraction:
             # The validation split `aiayn prepare --lm` makes: the last fraction of the characters.
             text = text[int(len(text) * (1 - a.tail_fraction)) :]
-        ids = np.asarray(vocab.encode(text) if vocab.kind == "char" else [i for line in vocab.encode_batch(text.splitlines()) for i in line + [3]])
+        ids = np.asarray(encode_lm_text(vocab, text))
         res = lm_loss(model, ids, a.block_size or model.cfg.max_positions)
         print(f"{a.test}: {res['tokens']:,} tokens, loss {res['val_loss']:.4f} nats/token, perplexity {res['ppl']:.3f}")
         print(json.dumps({"val_loss": round(res["val_loss"], 4), "ppl": round(res["ppl"], 4), "tokens": res["tokens"]}))
@@ -213,18 +215,25 @@ def cmd_serve(a: argparse.Namespace) -> None:
                                                      batch_wait_ms=a.batch_wait_ms))
 
 
+# --- export ------------------------------------------------------------------------------------
+def cmd_export(a: argparse.Namespace) -> None:
+    model, vocab, _ = _load(a.model)
+    if a.to == "ctranslate2":
+        try:
+            from .export.ctranslate2 import to_ctranslate2
+        except ImportError as e:
+            _die(f"exporting to CTranslate2 needs its package: pip install ctranslate2 ({e})")
+        out = to_ctranslate2(model, vocab, a.out, a.quantization)
+    else:
+        _die(f"export to {a.to} is not implemented yet (issue #6)", code=3)
+    print(out)
+
+
 # --- demo --------------------------------------------------------------------------------------
 def cmd_demo(a: argparse.Namespace) -> None:
     from .demo import run_demo
 
     run_demo(a.model, a.n, a.threads)
-
-
-def _not_yet(what: str, issue: str):  # noqa: ANN202
-    def run(a: argparse.Namespace) -> None:
-        _die(f"`aiayn {what}` is not implemented yet ({issue})", code=3)
-
-    return run
 
 
 def _decode_args(p: argparse.ArgumentParser) -> None:
@@ -344,9 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long requests wait to be batched together")
     p.set_defaults(func=cmd_serve)
 
-    for name, issue in (("export", "issue #6"),):
-        p = sub.add_parser(name, help=f"not implemented yet ({issue})")
-        p.set_defaults(func=_not_yet(name, issue))
+    p = sub.add_parser("export", help="write a translation model for another engine (CTranslate2; hf and onnx: not yet)")
+    p.add_argument("model")
+    p.add_argument("out")
+    p.add_argument("--to", choices=["ctranslate2", "hf", "onnx"], required=True)
+    p.add_argument("--quantization", choices=["int8", "int8_float32", "float16", "bfloat16"], help="CTranslate2 weight type")
+    p.set_defaults(func=cmd_export)
     return ap
 
 

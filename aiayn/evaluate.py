@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import PAD_ID
 from .data.batching import ParallelData, collate, token_batches
 from .data.corpus import CorpusError, read_parallel
 from .decode.translate import DecodeConfig, Translator
@@ -61,8 +62,8 @@ def corpus_loss(model, data: ParallelData, max_tokens: int, device: torch.device
     for idx in token_batches(data.src_lens, data.tgt_lens, max_tokens, shuffle=False):
         src, tgt_in, tgt_out = (t.to(device) for t in collate(data, idx))
         logits = model(src, tgt_in).float()
-        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=0, reduction="sum").item()
-        tokens += int((tgt_out != 0).sum())
+        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD_ID, reduction="sum").item()
+        tokens += int((tgt_out != PAD_ID).sum())
     loss = total / max(tokens, 1)
     return {"dev_loss": loss, "dev_ppl": math.exp(min(loss, 50.0))}
 

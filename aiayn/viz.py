@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from .config import BOS_ID, EOS_ID
+
 
 def _plt():
     import matplotlib
@@ -115,11 +117,11 @@ def attention_maps(model, vocab, text: str, beam: int = 1, tgt_tokens: list[int]
     if tgt_tokens is None:
         tgt_tokens = Translator(model, vocab, DecodeConfig(beam=beam)).translate_ids([src_ids])[0][0].tokens
     src = source_tensor([src_ids])
-    tgt_in = torch.tensor([[2] + tgt_tokens])
+    tgt_in = torch.tensor([[BOS_ID] + tgt_tokens])
     with recording_attention(model) as layers:
         model(src, tgt_in)
         maps = {name: m.weights[0].float() for name, m in layers}
-    out = {"src": vocab.pieces(src_ids + [3]), "tgt": vocab.pieces(tgt_tokens + [3]), "translation": vocab.decode(tgt_tokens)}
+    out = {"src": vocab.pieces(src_ids + [EOS_ID]), "tgt": vocab.pieces(tgt_tokens + [EOS_ID]), "translation": vocab.decode(tgt_tokens)}
     # The decoder read <s> y; row i is the prediction of target token i (y_i, or </s> last).
     out["encoder"] = [v for k, v in maps.items() if k.startswith("encoder.") and k.endswith("self_attn")]
     out["decoder"] = [v for k, v in maps.items() if k.startswith("decoder.") and k.endswith("self_attn")]

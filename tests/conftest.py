@@ -14,13 +14,14 @@ torch.set_num_threads(1)
 WORDS = "el la de que y a en los se del las un por con no una su para es al lo como más o pero sus le ha me".split()
 
 
-def make_pairs(n: int, seed: int = 0, max_words: int = 8) -> list[tuple[str, str]]:
-    """A learnable toy 'translation': the target is the source reversed, in upper case."""
+def make_pairs(n: int, seed: int = 0, max_words: int = 8, reverse: bool = True) -> list[tuple[str, str]]:
+    """A learnable toy 'translation': the target is the source in upper case (reversed by default)."""
     rng = random.Random(seed)
     pairs = []
     for _ in range(n):
         src = [rng.choice(WORDS) for _ in range(rng.randint(1, max_words))]
-        pairs.append((" ".join(src), " ".join(w.upper() for w in reversed(src))))
+        tgt = reversed(src) if reverse else src
+        pairs.append((" ".join(src), " ".join(w.upper() for w in tgt)))
     return pairs
 
 

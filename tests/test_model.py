@@ -295,3 +295,42 @@ def test_sdpa_and_reference_paths_agree_for_the_whole_model():
 def test_decoder_state_is_empty_at_start():
     st = DecoderState.empty(2)
     assert st.offset == 0 and all(c.length == 0 for c in st.self_caches)
+
+
+# --- against PyTorch's own Transformer layers ---------------------------------------------------
+def _copy_mha(ours, theirs):
+    theirs.in_proj_weight.copy_(ours.in_proj.weight)
+    theirs.in_proj_bias.copy_(ours.in_proj.bias)
+    theirs.out_proj.weight.copy_(ours.out_proj.weight)
+    theirs.out_proj.bias.copy_(ours.out_proj.bias)
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_layers_match_torch_transformer_layers(norm):
+    """Our EncoderLayer / DecoderLayer compute what torch.nn.TransformerEncoderLayer / DecoderLayer do."""
+    from aiayn.model.layers import DecoderLayer, EncoderLayer
+
+    torch.manual_seed(4)
+    cfg = tiny(norm=norm, ln_eps=1e-5)
+    kw = dict(d_model=64, nhead=4, dim_feedforward=128, dropout=0.0, batch_first=True, norm_first=norm == "pre")
+    enc, t_enc = EncoderLayer(cfg).eval(), torch.nn.TransformerEncoderLayer(**kw).eval()
+    dec, t_dec = DecoderLayer(cfg).eval(), torch.nn.TransformerDecoderLayer(**kw).eval()
+    with torch.no_grad():
+        _copy_mha(enc.self_attn, t_enc.self_attn)
+        _copy_mha(dec.self_attn, t_dec.self_attn)
+        _copy_mha(dec.cross_attn, t_dec.multihead_attn)
+        for ours, theirs in ((enc, t_enc), (dec, t_dec)):
+            theirs.linear1.load_state_dict(ours.ffn.w1.state_dict())
+            theirs.linear2.load_state_dict(ours.ffn.w2.state_dict())
+        t_enc.norm1.load_state_dict(enc.res_attn.norm.state_dict())
+        t_enc.norm2.load_state_dict(enc.res_ffn.norm.state_dict())
+        t_dec.norm1.load_state_dict(dec.res_self.norm.state_dict())
+        t_dec.norm2.load_state_dict(dec.res_cross.norm.state_dict())
+        t_dec.norm3.load_state_dict(dec.res_ffn.norm.state_dict())
+    x, mem = torch.randn(2, 6, 64), torch.randn(2, 9, 64)
+    pad = torch.zeros(2, 9, dtype=torch.bool)
+    pad[0, 7:] = True
+    torch.testing.assert_close(enc(mem, ~pad[:, None, None, :]), t_enc(mem, src_key_padding_mask=pad), atol=1e-5, rtol=1e-5)
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(6)
+    expected = t_dec(x, mem, tgt_mask=causal, memory_key_padding_mask=pad)
+    torch.testing.assert_close(dec(x, mem, ~pad[:, None, None, :]), expected, atol=1e-5, rtol=1e-5)

@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 
+from ..config import EOS_ID
 from .corpus import CorpusError, read_parallel, read_text
 from .vocab import CharVocab, SentencePieceVocab, load_vocab
 
@@ -187,14 +188,18 @@ def _prepare_lm(cfg: PrepareConfig, tmp: Path) -> dict:
     dtype = _token_dtype(len(vocab))
     info: dict = {"kind": "lm", "vocab": {"kind": vocab.kind, "file": vocab.filename, "size": len(vocab)}, "splits": {}}
     for split, t in (("train", train_text), ("valid", valid_text)):
-        if vocab.kind == "char":
-            ids = vocab.encode(t)
-        else:
-            ids = [i for line in vocab.encode_batch(t.splitlines()) for i in line + [3]]
-        arr = np.asarray(ids, dtype=dtype)
+        arr = np.asarray(encode_lm_text(vocab, t), dtype=dtype)
         np.save(tmp / f"{split}.tokens.npy", arr)
         info["splits"][split] = {"tokens": int(arr.size), "chars": len(t)}
     return info
+
+
+def encode_lm_text(vocab, text: str) -> list[int]:  # noqa: ANN001
+    """A language model's token stream: characters as they are; with SentencePiece, each line
+    followed by </s> (the line break, which SentencePiece does not keep)."""
+    if vocab.kind == "char":
+        return vocab.encode(text)
+    return [i for line in vocab.encode_batch(text.splitlines()) for i in line + [EOS_ID]]
 
 
 def load_manifest(directory: str | Path) -> dict:

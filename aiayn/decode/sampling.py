@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..config import EOS_ID
+
 
 @dataclass
 class SampleConfig:
@@ -80,7 +82,7 @@ def generate_uncached(model, prompt: Tensor, cfg: SampleConfig, block_size: int 
 
 def generate_text(model, vocab, prompt: str, cfg: SampleConfig, stop: list[str] | None = None) -> str:  # noqa: ANN001
     """Continue ``prompt``; the text is cut before the first stop string, if any appears."""
-    ids = vocab.encode(prompt) or [3]  # an empty prompt starts from </s> (a document boundary)
+    ids = vocab.encode(prompt) or [EOS_ID]  # an empty prompt starts from </s> (a document boundary)
     out = generate(model, torch.tensor([ids]), cfg)[0, len(ids) :].tolist()
     text = vocab.decode(out)
     for s in stop or []:

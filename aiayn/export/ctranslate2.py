@@ -1,0 +1,98 @@
+"""Export an encoder-decoder to CTranslate2 through its Python model specs.
+
+Exact: CTranslate2 accepts the positional encodings as a table, so the paper's interleaved sinusoids
+are written as they are (no permutation of the model dimension is needed), along with the fused
+Q/K/V projections, both norm placements, √d_model embedding scaling and the tied output matrix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import EOS_ID
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy().copy()
+
+
+def _linear(spec, weight: torch.Tensor, bias: torch.Tensor | None) -> None:  # noqa: ANN001
+    spec.weight = _np(weight)
+    if bias is not None:
+        spec.bias = _np(bias)
+
+
+def _norm(spec, ln) -> None:  # noqa: ANN001
+    spec.gamma = _np(ln.weight)
+    spec.beta = _np(ln.bias) if ln.bias is not None else np.zeros(ln.weight.shape, dtype=np.float32)
+
+
+def _ffn(spec, layer) -> None:  # noqa: ANN001
+    _norm(spec.layer_norm, layer.res_ffn.norm)
+    _linear(spec.linear_0, layer.ffn.w1.weight, layer.ffn.w1.bias)
+    _linear(spec.linear_1, layer.ffn.w2.weight, layer.ffn.w2.bias)
+
+
+def to_ctranslate2(model, vocab, out: str | Path, quantization: str | None = None, max_positions: int = 1024) -> Path:  # noqa: ANN001
+    """Write ``model`` (a :class:`~aiayn.model.Transformer`) as a CTranslate2 model directory."""
+    from ctranslate2.specs import common_spec, transformer_spec
+
+    cfg = model.cfg
+    if cfg.arch != "encoder-decoder":
+        raise ValueError("only encoder-decoder models can be exported to CTranslate2 here")
+    if cfg.positional == "learned":
+        raise ValueError("learned positions are not supported by this exporter yet")
+    act = common_spec.Activation.RELU if cfg.activation == "relu" else common_spec.Activation.GELU
+    spec = transformer_spec.TransformerSpec.from_config(
+        (cfg.n_encoder_layers, cfg.n_decoder_layers), cfg.n_heads, pre_norm=cfg.norm == "pre", activation=act)
+    d = cfg.d_model
+    from ..model.layers import sinusoidal_table
+
+    table = _np(sinusoidal_table(max_positions, d, cfg.pe_layout)) if cfg.positional == "sinusoidal" else np.zeros((max_positions, d), np.float32)
+
+    enc, dec = model.encoder, model.decoder
+    spec.encoder.embeddings[0].weight = _np(enc.input.embedding.weight)
+    spec.encoder.scale_embeddings = cfg.scale_embeddings
+    spec.encoder.position_encodings.encodings = table
+    for s, layer in zip(spec.encoder.layer, enc.layers):
+        _norm(s.self_attention.layer_norm, layer.res_attn.norm)
+        a = layer.self_attn
+        _linear(s.self_attention.linear[0], a.in_proj.weight, a.in_proj.bias)
+        _linear(s.self_attention.linear[1], a.out_proj.weight, a.out_proj.bias)
+        _ffn(s.ffn, layer)
+    spec.decoder.embeddings.weight = _np(dec.input.embedding.weight)
+    spec.decoder.scale_embeddings = cfg.scale_embeddings
+    spec.decoder.position_encodings.encodings = table
+    for s, layer in zip(spec.decoder.layer, dec.layers):
+        _norm(s.self_attention.layer_norm, layer.res_self.norm)
+        a = layer.self_attn
+        _linear(s.self_attention.linear[0], a.in_proj.weight, a.in_proj.bias)
+        _linear(s.self_attention.linear[1], a.out_proj.weight, a.out_proj.bias)
+        _norm(s.attention.layer_norm, layer.res_cross.norm)
+        c = layer.cross_attn
+        _linear(s.attention.linear[0], c.in_proj.weight[:d], None if c.in_proj.bias is None else c.in_proj.bias[:d])
+        _linear(s.attention.linear[1], c.in_proj.weight[d:], None if c.in_proj.bias is None else c.in_proj.bias[d:])
+        _linear(s.attention.linear[2], c.out_proj.weight, c.out_proj.bias)
+        _ffn(s.ffn, layer)
+    out_w = model.output.tied.weight if model.output.tied is not None else model.output.weight
+    spec.decoder.projection.weight = _np(out_w)
+    if cfg.norm == "pre":
+        _norm(spec.encoder.layer_norm, enc.norm)
+        _norm(spec.decoder.layer_norm, dec.norm)
+
+    pieces = vocab.pieces(range(len(vocab)))
+    spec.register_source_vocabulary(pieces)
+    spec.register_target_vocabulary(vocab.pieces(range(cfg.target_vocab_size)) if cfg.tgt_vocab_size else pieces)
+    spec.config.add_source_eos = True  # aiayn's source is x </s>
+    spec.config.unk_token, spec.config.bos_token, spec.config.eos_token = pieces[1], pieces[2], pieces[EOS_ID]
+    spec.config.decoder_start_token = pieces[2]
+    spec.config.layer_norm_epsilon = cfg.ln_eps
+    spec.validate()
+    spec.optimize(quantization=quantization)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec.save(str(out))
+    return out
