@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         print(f"aiayn: interrupted; the same command resumes from the last checkpoint in {run.train.out}/checkpoints",
               file=sys.stderr)
         raise SystemExit(130) from None
-    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}))
+    if os.environ.get("RANK", "0") == "0":  # one summary line, from the first process
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}))
 
 
 # --- average -----------------------------------------------------------------------------------

@@ -109,9 +109,10 @@ def test_two_processes_equal_one_process_with_update_freq_2(toy_data, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, "-m", "aiayn", "train", "--set", *common, f"train.out={one}", "train.update_freq=2"],
-                   check=True, env=env, capture_output=True)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
-                        "-m", "aiayn", "train", "--set", *common, f"train.out={two}"], env=env, capture_output=True, text=True)
+                   check=True, env=env, capture_output=True, timeout=600)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "aiayn", "train", "--set", *common, f"train.out={two}"], env=env, capture_output=True, text=True,
+                       timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     for a, b in zip(losses(one), losses(two)):
         assert a == pytest.approx(b, rel=1e-5)
