@@ -44,6 +44,11 @@ def _atomic_dir(final: Path) -> Path:
 
 def _commit_dir(tmp: Path, final: Path) -> None:
     """Move a finished directory into place: readers see the old one or the new one, never half of one."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp/mkstemp make private files: give them the usual modes
+    for f in tmp.iterdir():
+        os.chmod(f, 0o666 & ~umask)
     if final.exists():
         trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
         os.replace(final, trash / final.name)
