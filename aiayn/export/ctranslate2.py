@@ -30,6 +30,13 @@ def _norm(spec, ln) -> None:  # noqa: ANN001
     spec.beta = _np(ln.bias) if ln.bias is not None else np.zeros(ln.weight.shape, dtype=np.float32)
 
 
+def _self_attention(spec, attn, norm) -> None:  # noqa: ANN001
+    """Fused [W^Q; W^K; W^V] and W^O, with the sub-layer's LayerNorm."""
+    _norm(spec.layer_norm, norm)
+    _linear(spec.linear[0], attn.in_proj.weight, attn.in_proj.bias)
+    _linear(spec.linear[1], attn.out_proj.weight, attn.out_proj.bias)
+
+
 def _ffn(spec, layer) -> None:  # noqa: ANN001
     _norm(spec.layer_norm, layer.res_ffn.norm)
     _linear(spec.linear_0, layer.ffn.w1.weight, layer.ffn.w1.bias)
@@ -58,19 +65,13 @@ def to_ctranslate2(model, vocab, out: str | Path, quantization: str | None = Non
     spec.encoder.scale_embeddings = cfg.scale_embeddings
     spec.encoder.position_encodings.encodings = table
     for s, layer in zip(spec.encoder.layer, enc.layers):
-        _norm(s.self_attention.layer_norm, layer.res_attn.norm)
-        a = layer.self_attn
-        _linear(s.self_attention.linear[0], a.in_proj.weight, a.in_proj.bias)
-        _linear(s.self_attention.linear[1], a.out_proj.weight, a.out_proj.bias)
+        _self_attention(s.self_attention, layer.self_attn, layer.res_attn.norm)
         _ffn(s.ffn, layer)
     spec.decoder.embeddings.weight = _np(dec.input.embedding.weight)
     spec.decoder.scale_embeddings = cfg.scale_embeddings
     spec.decoder.position_encodings.encodings = table
     for s, layer in zip(spec.decoder.layer, dec.layers):
-        _norm(s.self_attention.layer_norm, layer.res_self.norm)
-        a = layer.self_attn
-        _linear(s.self_attention.linear[0], a.in_proj.weight, a.in_proj.bias)
-        _linear(s.self_attention.linear[1], a.out_proj.weight, a.out_proj.bias)
+        _self_attention(s.self_attention, layer.self_attn, layer.res_self.norm)
         _norm(s.attention.layer_norm, layer.res_cross.norm)
         c = layer.cross_attn
         _linear(s.attention.linear[0], c.in_proj.weight[:d], None if c.in_proj.bias is None else c.in_proj.bias[:d])
