@@ -5,7 +5,7 @@ predicted exactly once in consecutive windows of the block size.
     python benchmarks/lm_budget.py                  # 100 s (the first goal: <= 1.75)
     python benchmarks/lm_budget.py --seconds 600    # 10 minutes (goal: <= 1.47)
 
-The recipe is configs/shakespeare-char.yaml with the budget replaced; its cosine schedule decays over
+The recipe is configs/shakespeare-char-fast.yaml with the budget replaced; its cosine schedule decays over
 the budget's time. Reference points measured by the same rule on this machine: nanoGPT's CPU recipe
 reaches 1.898 after its 2000 iterations (~100 s) and 1.558 after 12,000 (~8 min).
 The last line is one JSON object with ``val_loss``.
@@ -28,7 +28,7 @@ NANOGPT_100S = 1.898
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=100.0)
-    ap.add_argument("--config", default=str(ROOT / "configs" / "shakespeare-char.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "configs" / "shakespeare-char-fast.yaml"))
     ap.add_argument("--out", default=str(ROOT / "runs" / "lm_budget"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="recipe overrides")
