@@ -16,15 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from ..atomic import atomic_directory
 from ..config import EOS_ID
 from .corpus import CorpusError, read_parallel, read_text
 from .vocab import CharVocab, SentencePieceVocab, load_vocab
@@ -97,20 +95,11 @@ def prepare(cfg: PrepareConfig) -> dict:
             log.info("%s is up to date (same inputs and options): nothing to do", out)
             old["up_to_date"] = True
             return old
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Build everything in a temporary directory beside the target, then swap it in: an interrupted
-    # run never leaves a half-written data directory under the final name.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    # An interrupted run never leaves a half-written data directory under the final name.
+    with atomic_directory(out) as tmp:
         manifest = _prepare_parallel(cfg, tmp) if cfg.kind == "parallel" else _prepare_lm(cfg, tmp)
         manifest.update({"format": FORMAT, **fp})
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return manifest
 
 

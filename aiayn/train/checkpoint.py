@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 from torch import nn
 
+from ..atomic import atomic_directory
 from ..config import ConfigError, ModelConfig, from_dict
 from ..data.vocab import load_vocab
 from ..model import build_model
@@ -35,36 +33,6 @@ FORMAT = "aiayn-model/1"
 
 class CheckpointError(ValueError):
     """A model or checkpoint directory that cannot be loaded, and why."""
-
-
-def _atomic_dir(final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-
-
-def _commit_dir(tmp: Path, final: Path) -> None:
-    """Move a finished directory into place: readers see the old one or the new one, never half of one."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp/mkstemp make private files: give them the usual modes
-    for f in tmp.iterdir():
-        os.chmod(f, 0o666 & ~umask)
-    if final.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-        os.replace(final, trash / final.name)
-        os.replace(tmp, final)
-        shutil.rmtree(trash)
-    else:
-        os.replace(tmp, final)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def save_model_dir(
@@ -78,8 +46,7 @@ def save_model_dir(
 ) -> Path:
     """Write a model directory atomically. ``half`` stores the weights in float16 (for shipping)."""
     final = Path(directory)
-    tmp = _atomic_dir(final)
-    try:
+    with atomic_directory(final) as tmp:
         m = copy.deepcopy(model).half() if half else model
         save_model(m, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
         vocab.save(tmp)
@@ -88,10 +55,6 @@ def save_model_dir(
         (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer_state.pt")
-        _commit_dir(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return final
 
 

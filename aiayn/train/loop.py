@@ -39,7 +39,8 @@ from ..data.batching import ParallelData, collate, lm_batch, token_batches
 from ..data.prepare import load_manifest
 from ..data.vocab import load_vocab
 from ..model import build_model, count_parameters
-from .checkpoint import CheckpointError, load_trainer_state, save_model_dir, write_json_atomic
+from ..atomic import write_json_atomic
+from .checkpoint import CheckpointError, load_trainer_state, save_model_dir
 from .optim import cosine_decay, cosine_lr, inverse_sqrt_lr, label_smoothed_loss, make_optimizer
 
 log = logging.getLogger(__name__)
