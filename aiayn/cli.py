@@ -91,7 +91,7 @@ def _decode_cfg(a: argparse.Namespace):  # noqa: ANN202
     from .decode.translate import DecodeConfig
 
     return DecodeConfig(beam=a.beam, alpha=a.alpha, max_len_a=a.max_len_a, max_len_b=a.max_len_b,
-                        nbest=getattr(a, "nbest", 1), max_tokens=a.max_tokens)
+                        nbest=getattr(a, "nbest", 1), max_tokens=a.max_tokens, compute_type=a.compute_type)
 
 
 def _load(path: str, device: str = "cpu"):  # noqa: ANN202
@@ -226,8 +226,22 @@ def cmd_export(a: argparse.Namespace) -> None:
         except ImportError as e:
             _die(f"exporting to CTranslate2 needs its package: pip install ctranslate2 ({e})")
         out = to_ctranslate2(model, vocab, a.out, a.quantization)
+    elif a.to == "hf":
+        try:
+            from .export.hf import ExportError, to_hf
+        except ImportError as e:
+            _die(f"exporting to Hugging Face needs transformers: pip install 'aiayn[export]' ({e})")
+        try:
+            hf = to_hf(model, vocab, a.out)
+        except ExportError as e:
+            _die(str(e))
+        out = f"{a.out} ({type(hf).__name__})"
     else:
-        _die(f"export to {a.to} is not implemented yet (issue #6)", code=3)
+        try:
+            from .export.onnx import to_onnx
+        except ImportError as e:
+            _die(f"exporting to ONNX needs the onnx package: pip install 'aiayn[export]' ({e})")
+        out = to_onnx(model, vocab, a.out)
     print(out)
 
 
@@ -243,6 +257,8 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty α (default 0.6)")
     p.add_argument("--max-len-a", type=float, default=1.0, help="max output length = a·source + b (a, default 1)")
     p.add_argument("--max-len-b", type=int, default=50, help="max output length = a·source + b (b, default 50)")
+    p.add_argument("--compute-type", choices=["float32", "bfloat16", "int8"], default="float32",
+                   help="decode with float32 weights, a bf16 copy, or int8 linear layers (CPU)")
     p.add_argument("--max-tokens", type=int, default=4096, help="source tokens per decoding batch")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = PyTorch's default)")
 
@@ -355,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long requests wait to be batched together")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("export", help="write a translation model for another engine (CTranslate2; hf and onnx: not yet)")
+    p = sub.add_parser("export", help="write a translation model for another engine: CTranslate2, Hugging Face (Marian/Pegasus), ONNX")
     p.add_argument("model")
     p.add_argument("out")
     p.add_argument("--to", choices=["ctranslate2", "hf", "onnx"], required=True)

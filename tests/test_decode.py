@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,3 +100,57 @@ def test_translator_keeps_order_empty_lines_and_rejects_long_inputs():
     assert [o[0].tokens for o in out[:2]] == [tr.translate_ids([s])[0][0].tokens for s in srcs[:2]]
     with pytest.raises(InputTooLong, match="input 1 has 21 tokens"):
         tr.translate_ids([[5] * 21])
+
+
+def test_beam_search_fast_path_equals_reference_path():
+    """SDPA + caches (the fast path) and equation (1) written out give the same beams, token for token."""
+    from aiayn.model import set_attention_impl
+
+    model = random_model(seed=5).float()
+    srcs = sources(8, seed=7)
+    cfg = DecodeConfig(beam=4, max_len_b=10, nbest=2)
+    fast = Translator(model, None, cfg).translate_ids(srcs)
+    set_attention_impl(model, "reference")
+    ref = Translator(model, None, cfg).translate_ids(srcs)
+    set_attention_impl(model, "sdpa")
+    assert [[h.tokens for h in x] for x in fast] == [[h.tokens for h in x] for x in ref]
+
+
+def test_int8_linear_is_a_quantized_linear():
+    from aiayn.model.quantize import Int8Linear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96)
+    q = Int8Linear(lin.weight, lin.bias, rows=(slice(0, 32), slice(32, None)))
+    x = torch.randn(5, 7, 64)
+    with torch.no_grad():
+        ref = lin(x)
+        for rows in (slice(None), slice(0, 32), slice(32, None)):
+            got = q(x, rows)
+            assert got.shape == ref[..., rows].shape
+            err = (got - ref[..., rows]).abs().max() / ref.abs().max()
+            assert err < 0.03, err
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "bible-es-en"
+
+
+@pytest.mark.parametrize("compute_type", ["bfloat16", "int8"])
+def test_low_precision_decoding_keeps_the_translations(compute_type):
+    """bf16 and int8 change few translations of the shipped model and its BLEU little (the full-test
+    check is benchmarks/translate_speed.py, docs/inference.md), and leave the float32 model untouched."""
+    import sacrebleu
+
+    from aiayn.evaluate import read_test_pairs
+    from aiayn.train.checkpoint import load_model_dir
+
+    model, vocab, _ = load_model_dir(SHIPPED)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    src, refs = read_test_pairs(SHIPPED.parents[1] / "data" / "bible-es-en" / "test.tsv", limit=60)
+    ref = Translator(model, vocab, DecodeConfig(beam=4)).translate(src)
+    low = Translator(model, vocab, DecodeConfig(beam=4, compute_type=compute_type)).translate(src)
+    same = sum(a == b for a, b in zip(ref, low))
+    assert same >= 0.6 * len(src), (same, list(zip(ref, low))[:5])
+    bleu = [sacrebleu.corpus_bleu(h, [refs]).score for h in (ref, low)]
+    assert abs(bleu[0] - bleu[1]) < 1.5, bleu
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

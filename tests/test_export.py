@@ -1,33 +1,52 @@
-"""Exported models give the same greedy translations as aiayn, token for token."""
+"""Exported models compute the same function as aiayn: the same greedy translations, token for token."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
+from aiayn.config import ModelConfig
 from aiayn.decode.translate import DecodeConfig, Translator
+from aiayn.evaluate import read_test_pairs
+from aiayn.model import build_model
 from aiayn.train.checkpoint import load_model_dir
 from aiayn.train.loop import load_run_config, train
 
-ctranslate2 = pytest.importorskip("ctranslate2")
+MAX_LEN = 12
 
 
-@pytest.mark.parametrize("norm", ["post", "pre"])
-def test_ctranslate2_greedy_is_identical(toy_data, toy_corpus, tmp_path, norm):
-    from aiayn.evaluate import read_test_pairs
-    from aiayn.export.ctranslate2 import to_ctranslate2
-
-    run = load_run_config(None, {"model": {"preset": "tiny", "d_model": 32, "d_ff": 64, "norm": norm},
-                                 "train": {"data": str(toy_data), "out": str(tmp_path / "run"), "max_steps": 200,
+@pytest.fixture(scope="module", params=["post", "pre"])
+def trained(request, toy_data, tmp_path_factory):
+    """A tiny model trained until it translates the toy corpus, post-LN (the paper's) and pre-LN."""
+    out = tmp_path_factory.mktemp(f"export-{request.param}")
+    run = load_run_config(None, {"model": {"preset": "tiny", "d_model": 32, "d_ff": 64, "norm": request.param},
+                                 "train": {"data": str(toy_data), "out": str(out / "run"), "max_steps": 200,
                                            "warmup": 20, "lr_scale": 0.5, "max_tokens": 300, "eval_bleu_sentences": 0,
                                            "threads": 1, "save_every": 200}})
     train(run)
-    model, vocab, _ = load_model_dir(tmp_path / "run" / "checkpoints" / "step_0000200")
-    out = to_ctranslate2(model, vocab, tmp_path / "ct2")
+    model, vocab, _ = load_model_dir(out / "run" / "checkpoints" / "step_0000200")
+    return model, vocab, out
+
+
+def _ours(model, vocab, ids):
+    return [h[0].tokens for h in Translator(model, vocab, DecodeConfig(beam=1, max_len_a=0, max_len_b=MAX_LEN)).translate_ids(ids)]
+
+
+def _test_ids(vocab, toy_corpus):
     src, _ = read_test_pairs(toy_corpus["test"], limit=20)
-    ids = vocab.encode_batch(src)
-    ours = [h[0].tokens for h in Translator(model, vocab, DecodeConfig(beam=1, max_len_a=0, max_len_b=12)).translate_ids(ids)]
+    return vocab.encode_batch(src)
+
+
+def test_ctranslate2_greedy_is_identical(trained, toy_corpus):
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from aiayn.export.ctranslate2 import to_ctranslate2
+
+    model, vocab, tmp = trained
+    out = to_ctranslate2(model, vocab, tmp / "ct2")
+    ids = _test_ids(vocab, toy_corpus)
+    ours = _ours(model, vocab, ids)
     tr = ctranslate2.Translator(str(out), device="cpu", intra_threads=1)
-    res = tr.translate_batch([vocab.pieces(x) for x in ids], beam_size=1, max_decoding_length=12,
+    res = tr.translate_batch([vocab.pieces(x) for x in ids], beam_size=1, max_decoding_length=MAX_LEN,
                              suppress_sequences=[["<pad>"], ["<s>"]])
     theirs = [[vocab.sp.piece_to_id(p) for p in r.hypotheses[0]] for r in res]
     # CTranslate2 never ends a translation at its first step; aiayn may (an empty output). Compare the rest.
@@ -35,3 +54,125 @@ def test_ctranslate2_greedy_is_identical(toy_data, toy_corpus, tmp_path, norm):
     assert len(pairs) >= 10
     diff = [(a, b) for a, b in pairs if a != b]
     assert not diff, diff
+
+
+def _hf_greedy(hf, ids):
+    from aiayn.config import EOS_ID
+
+    out = []
+    for x in ids:  # one at a time: no padding on either side
+        src = torch.tensor([x + [EOS_ID]])
+        gen = hf.generate(src, num_beams=1, do_sample=False, max_new_tokens=MAX_LEN + 1)[0].tolist()
+        toks = gen[1:]  # drop the start token
+        out.append(toks[: toks.index(EOS_ID)] if EOS_ID in toks else toks[:MAX_LEN])
+    return out
+
+
+def test_hf_greedy_is_identical(trained, toy_corpus):
+    pytest.importorskip("transformers")
+    from aiayn.export.hf import to_hf
+
+    model, vocab, tmp = trained
+    hf = to_hf(model, vocab, tmp / "hf")
+    assert type(hf).__name__ == ("MarianMTModel" if model.cfg.norm == "post" else "PegasusForConditionalGeneration")
+    # Reload from disk, as a user would, and through the tokenizer files written next to the weights.
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    hf = AutoModelForSeq2SeqLM.from_pretrained(tmp / "hf").eval()
+    ids = _test_ids(vocab, toy_corpus)
+    tok = AutoTokenizer.from_pretrained(tmp / "hf")
+    src, _ = read_test_pairs(toy_corpus["test"], limit=3)
+    assert [t[:-1] for t in tok(src)["input_ids"]] == ids[:3]
+    ours, theirs = _ours(model, vocab, ids), _hf_greedy(hf, ids)
+    assert sum(map(bool, ours)) >= 10
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("opts", [dict(norm="post"), dict(norm="pre", pe_layout="concat"),
+                                  dict(norm="post", positional="learned", bias=False), dict(norm="pre", activation="gelu")])
+def test_hf_logits_match(opts, tmp_path):
+    """Teacher-forced log-probabilities agree, for every option the HF classes can express (random weights)."""
+    pytest.importorskip("transformers")
+    from aiayn.export.hf import to_hf
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50, d_model=32, d_ff=64, n_heads=4, n_encoder_layers=2, n_decoder_layers=2, dropout=0.0,
+                      max_positions=64, ln_eps=1e-5, **opts)
+    model = build_model(cfg).eval()
+
+    class _V:  # a character-level stand-in: only the weights are compared here
+        def __len__(self):
+            return 50
+
+        def pieces(self, ids):
+            return [f"p{i}" for i in ids]
+
+    hf = to_hf(model, _V(), tmp_path / "hf")
+    src = torch.randint(4, 50, (3, 9))
+    tgt = torch.randint(4, 50, (3, 7))
+    with torch.no_grad():
+        ours = model(src, tgt).log_softmax(-1)
+        theirs = hf(input_ids=src, decoder_input_ids=tgt).logits.log_softmax(-1)
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_greedy_is_identical(trained, toy_corpus):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from aiayn.export.onnx import greedy, to_onnx
+
+    model, vocab, tmp = trained
+    out = to_onnx(model, vocab, tmp / "onnx")
+    ids = _test_ids(vocab, toy_corpus)
+    ours = _ours(model, vocab, ids)
+    assert sum(map(bool, ours)) >= 10
+    assert greedy(out, ids, MAX_LEN) == ours  # one batch, padded: the graphs handle masks and batch rows
+
+
+def test_onnx_step_matches_model(tmp_path):
+    """Random weights, learned positions, post-LN: the exported step's log-probabilities equal aiayn's."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import numpy as np
+
+    from aiayn.export.onnx import to_onnx
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50, d_model=32, d_ff=64, n_heads=4, n_encoder_layers=2, n_decoder_layers=3, dropout=0.0,
+                      max_positions=64, positional="learned")
+    model = build_model(cfg).eval()
+
+    class _V:
+        proto = None
+
+    out = to_onnx(model, _V(), tmp_path / "onnx")
+    src = torch.tensor([[7, 8, 9, 10, 11, 3], [12, 13, 3, 0, 0, 0]])
+    tgt = torch.tensor([[2, 20, 21, 22], [2, 30, 31, 32]])
+    with torch.no_grad():
+        ref = model(src, tgt).float().log_softmax(-1)  # (B, T, V)
+    enc = ort.InferenceSession(str(out / "encoder.onnx"))
+    step = ort.InferenceSession(str(out / "decoder_step.onnx"))
+    ck, cv = enc.run(None, {"src": src.numpy()})
+    sk = sv = np.zeros((3, 2, 4, 0, 8), np.float32)
+    for t in range(tgt.size(1)):
+        logp, sk, sv = step.run(None, {"tokens": tgt[:, t:t + 1].numpy(), "position": np.array(t), "src_mask": (src != 0).numpy(),
+                                       "cross_k": ck, "cross_v": cv, "self_k": sk, "self_v": sv})
+        np.testing.assert_allclose(logp, ref[:, t].numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_export_command(trained):
+    """`aiayn export --to hf|onnx|ctranslate2 MODEL OUT` writes loadable directories (one norm is enough)."""
+    import subprocess
+    import sys
+
+    model, _, tmp = trained
+    if model.cfg.norm == "post":
+        pytest.skip("the command is the same for both norms")
+    ckpt = tmp / "run" / "checkpoints" / "step_0000200"
+    expect = {"hf": "config.json", "onnx": "decoder_step.onnx", "ctranslate2": "model.bin"}
+    for to, name in expect.items():
+        pytest.importorskip({"hf": "transformers", "onnx": "onnx", "ctranslate2": "ctranslate2"}[to])
+        r = subprocess.run([sys.executable, "-m", "aiayn", "export", "--to", to, str(ckpt), str(tmp / f"cli-{to}")],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert (tmp / f"cli-{to}" / name).is_file()

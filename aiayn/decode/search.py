@@ -76,14 +76,50 @@ def greedy_search(model, src: Tensor, max_len: Tensor) -> list[Hypothesis]:  # n
     return result
 
 
+class _Finished:
+    """The ``nbest`` best finished hypotheses of every sentence, kept as tensors (best first).
+
+    New candidates are merged with one ``topk`` per step for all sentences at once: the ``nbest``
+    best of a union are the ``nbest`` best of (the kept ones ∪ the new ones).
+    """
+
+    def __init__(self, b: int, nbest: int, max_len: int, device: torch.device) -> None:
+        self.score = torch.full((b, nbest), float("-inf"), device=device)  # log P / lp
+        self.log_prob = torch.full((b, nbest), float("-inf"), device=device)
+        self.length = torch.zeros((b, nbest), dtype=torch.long, device=device)
+        self.tokens = torch.full((b, nbest, max_len), PAD_ID, dtype=torch.long, device=device)
+
+    def merge(self, sent: Tensor, score: Tensor, log_prob: Tensor, tokens: Tensor, length: int) -> None:
+        """sent: (n,) sentence ids; score, log_prob: (n, m) with -inf for no candidate; tokens: (n, m, L)."""
+        m = self.score.size(1)
+        all_score = torch.cat([self.score[sent], score], dim=1)  # (n, nbest + m)
+        best, pick = all_score.topk(m, dim=1)
+        self.score[sent] = best
+        self.log_prob[sent] = torch.cat([self.log_prob[sent], log_prob], 1).gather(1, pick)
+        new_len = torch.full_like(score, length, dtype=torch.long)
+        self.length[sent] = torch.cat([self.length[sent], new_len], 1).gather(1, pick)
+        all_tok = torch.cat([self.tokens[sent], tokens], dim=1)  # (n, nbest + m, L)
+        self.tokens[sent] = all_tok.gather(1, pick.unsqueeze(-1).expand(-1, -1, all_tok.size(-1)))
+
+    def worst(self, sent: Tensor) -> Tensor:
+        """(n,) score of each sentence's nbest-th finished hypothesis (-inf while there are fewer)."""
+        return self.score[sent, -1]
+
+    def hypotheses(self) -> list[list[Hypothesis]]:
+        scores, logps, lens, toks = self.score.tolist(), self.log_prob.tolist(), self.length.tolist(), self.tokens.tolist()
+        return [[Hypothesis(toks[i][j][: lens[i][j]], s, logps[i][j]) for j, s in enumerate(row) if s > float("-inf")]
+                for i, row in enumerate(scores)]
+
+
 @torch.no_grad()
-def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float = 0.6, nbest: int = 1) -> list[list[Hypothesis]]:  # noqa: ANN001, C901
+def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float = 0.6, nbest: int = 1) -> list[list[Hypothesis]]:  # noqa: ANN001
     """Batched beam search (§6.1: beam 4, α = 0.6, max length = input + 50, early termination).
 
     Alive hypotheses are ranked by log-probability; finished ones by log P / lp(|Y|), |Y| counting </s>.
     A sentence stops as soon as no alive hypothesis can still beat its ``nbest``-th finished one: an
     alive score can only fall, and lp grows with length, so log P_alive / lp(max_len) bounds it.
-    Returns, per sentence, the ``nbest`` best hypotheses (best first).
+    All bookkeeping is on tensors for the whole batch (no Python loop over sentences or hypotheses);
+    finished sentences leave the batch. Returns, per sentence, the ``nbest`` best hypotheses (best first).
     """
     if nbest > beam:
         raise ValueError(f"nbest ({nbest}) cannot exceed the beam size ({beam})")
@@ -94,67 +130,58 @@ def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float
     state.select(torch.arange(b, device=dev).repeat_interleave(k))
     alive = torch.arange(b, device=dev)  # original sentence of each active block of k rows
     limit = max_len.to(dev)
+    steps = int(limit.max())
     scores = torch.full((b, k), float("-inf"), device=dev, dtype=torch.float32)
     scores[:, 0] = 0.0  # only the first beam is live at the start: no duplicate hypotheses
-    history = torch.full((b * k, 0), BOS_ID, dtype=torch.long, device=dev)
+    history = torch.full((b * k, steps), PAD_ID, dtype=torch.long, device=dev)  # tokens chosen so far
     tokens = torch.full((b * k, 1), BOS_ID, dtype=torch.long, device=dev)
-    finished: list[list[Hypothesis]] = [[] for _ in range(b)]
+    finished = _Finished(b, nbest, steps, dev)
+    neg_inf = float("-inf")
 
-    for t in range(int(limit.max())):
+    for t in range(steps):
         n = alive.numel()
         logp = _forbid_specials(model.step(tokens, state)[:, -1].float().log_softmax(-1))  # (n·k, V)
         v = logp.size(-1)
         cand = (scores.unsqueeze(-1) + logp.view(n, k, v)).view(n, k * v)
         top, idx = cand.topk(2 * k, dim=-1)  # (n, 2k)
-        src_beam, tok = idx // v, idx % v
+        rows_2k = torch.arange(n, device=dev).unsqueeze(1) * k + idx // v  # the beam each candidate extends
+        tok = idx % v
         is_eos = tok == EOS_ID
         length = t + 1
+        lp = length_penalty(float(length), alpha)
 
         # Finished hypotheses: every </s> among the 2k candidates (tensor2tensor).
-        lp = length_penalty(float(length), alpha)
-        for i, j in is_eos.nonzero().tolist():
-            if top[i, j] == float("-inf"):
-                continue
-            row = i * k + int(src_beam[i, j])
-            seq = history[row].tolist()
-            finished[int(alive[i])].append(Hypothesis(seq, top[i, j].item() / lp, top[i, j].item()))
+        if bool(is_eos.any()):
+            eos_score = top.masked_fill(~is_eos, neg_inf)
+            finished.merge(alive, eos_score / lp, eos_score, history[rows_2k], t)
 
         # The k best candidates that did not end become the next beams.
-        masked = top.masked_fill(is_eos, float("-inf"))
-        new_scores, pick = masked.topk(k, dim=-1)  # (n, k)
-        rows = (torch.arange(n, device=dev).unsqueeze(1) * k + src_beam.gather(1, pick)).view(-1)
+        scores, pick = top.masked_fill(is_eos, neg_inf).topk(k, dim=-1)  # (n, k)
+        rows = rows_2k.gather(1, pick).view(-1)
         new_tok = tok.gather(1, pick).view(-1)
-        history = torch.cat([history.index_select(0, rows), new_tok.unsqueeze(1)], dim=1)
-        scores = new_scores
+        history = history.index_select(0, rows)
+        history[:, t] = new_tok
 
-        # Which sentences are done: length limit reached, or no alive hypothesis can win any more.
-        at_limit = (length >= limit[alive]).tolist()
-        bound = (scores[:, 0] / length_penalty(limit[alive].float(), alpha)).tolist()
-        done = []
-        for i in range(n):
-            fin = finished[int(alive[i])]
-            if at_limit[i]:
-                # Out of length: the alive hypotheses end here, without </s>.
-                for j in range(k):
-                    if scores[i, j] > float("-inf"):
-                        fin.append(Hypothesis(history[i * k + j].tolist(), scores[i, j].item() / lp, scores[i, j].item()))
-                done.append(True)
-            elif len(fin) >= nbest:
-                fin.sort(key=lambda h: -h.score)
-                done.append(fin[nbest - 1].score >= bound[i])
-            else:
-                done.append(False)
-        done_t = torch.tensor(done, device=dev)
-        if done_t.all():
+        # Out of length: the alive hypotheses end here, without </s>.
+        at_limit = length >= limit[alive]  # (n,)
+        if bool(at_limit.any()):
+            s = scores.masked_fill(~at_limit.unsqueeze(1), neg_inf)
+            finished.merge(alive, s / lp, s, history.view(n, k, steps), length)
+        # Done: at the limit, or no alive hypothesis can beat the nbest-th finished one any more.
+        bound = scores[:, 0] / length_penalty(limit[alive].float(), alpha)
+        worst = finished.worst(alive)
+        done = at_limit | ((worst > neg_inf) & (worst >= bound))
+        if bool(done.all()):
             break
-        if done_t.any():
-            keep = (~done_t).nonzero().squeeze(1)
+        keep_rows = None
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
             keep_rows = (keep.unsqueeze(1) * k + torch.arange(k, device=dev)).view(-1)
             alive, scores = alive[keep], scores[keep]
             history = history.index_select(0, keep_rows)
             rows = rows.view(n, k)[keep].view(-1)
             new_tok = new_tok.view(n, k)[keep].view(-1)
-        state.select(rows)
+        state.reorder_beams(rows, keep_rows)
         tokens = new_tok.unsqueeze(1)
 
-    return [sorted(f, key=lambda h: -h.score)[:nbest] for f in finished]
+    return finished.hypotheses()

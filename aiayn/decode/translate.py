@@ -22,6 +22,7 @@ class DecodeConfig:
     nbest: int = 1
     max_tokens: int = 4096  # source tokens per batch (padding included)
     max_input_tokens: int = 1024  # longer inputs are an error
+    compute_type: str = "float32"  # or "bfloat16", "int8" (CPU): see aiayn.model.quantize
 
 
 class InputTooLong(ValueError):
@@ -32,7 +33,10 @@ class Translator:
     """Translate strings with a :class:`~aiayn.model.Transformer` and its vocabulary."""
 
     def __init__(self, model, vocab, cfg: DecodeConfig | None = None, device: str | torch.device = "cpu") -> None:  # noqa: ANN001
-        self.model, self.vocab, self.cfg = model.eval(), vocab, cfg or DecodeConfig()
+        from ..model.quantize import for_inference
+
+        self.vocab, self.cfg = vocab, cfg or DecodeConfig()
+        self.model = for_inference(model, self.cfg.compute_type)
         self.device = torch.device(device)
         if self.cfg.nbest > max(self.cfg.beam, 1):
             raise ValueError(f"nbest ({self.cfg.nbest}) cannot exceed the beam size ({self.cfg.beam})")

@@ -16,7 +16,6 @@ of the encoder output, computed once per source sentence.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -49,30 +48,52 @@ def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> Tenso
     return torch.arange(t_k, device=device).unsqueeze(0) <= q_pos
 
 
-@dataclass
 class KVCache:
-    """Keys and values of one attention layer, (B, h, T, d_k) each."""
+    """Keys and values of one attention layer, (B, h, T, d_k) each.
 
-    k: Tensor | None = None
-    v: Tensor | None = None
+    Self-attention caches are preallocated: new positions are written into a buffer with room for
+    ``CHUNK`` more, which grows (one copy) only when full, so a step costs no concatenation.
+    ``k`` and ``v`` are views of the filled part. Encoder-decoder caches are simply assigned.
+    """
+
+    CHUNK = 16
+
+    def __init__(self, k: Tensor | None = None, v: Tensor | None = None) -> None:
+        self.k, self.v = k, v
+        self._kbuf: Tensor | None = None
+        self._vbuf: Tensor | None = None
 
     @property
     def length(self) -> int:
         return 0 if self.k is None else self.k.size(2)
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        if self.k is None:
-            self.k, self.v = k, v
-        else:
-            self.k = torch.cat([self.k, k], dim=2)
-            self.v = torch.cat([self.v, v], dim=2)  # type: ignore[list-item]
+        if self._kbuf is None and self.k is not None:  # given from outside (e.g. the ONNX step): concatenate
+            self.k, self.v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)  # type: ignore[list-item]
+            return self.k, self.v  # type: ignore[return-value]
+        n, t = self.length, k.size(2)
+        if self._kbuf is None or n + t > self._kbuf.size(2):
+            b, h, _, dk = k.shape
+            cap = n + t + self.CHUNK
+            kbuf, vbuf = k.new_empty(b, h, cap, dk), v.new_empty(b, h, cap, v.size(-1))
+            if n:
+                kbuf[:, :, :n], vbuf[:, :, :n] = self.k, self.v
+            self._kbuf, self._vbuf = kbuf, vbuf
+        self._kbuf[:, :, n : n + t] = k
+        self._vbuf[:, :, n : n + t] = v  # type: ignore[index]
+        self.k, self.v = self._kbuf[:, :, : n + t], self._vbuf[:, :, : n + t]  # type: ignore[index]
         return self.k, self.v  # type: ignore[return-value]
 
     def select(self, index: Tensor) -> None:
         """Keep rows ``index`` of the batch (beam reordering, dropping finished sentences)."""
-        if self.k is not None:
-            self.k = self.k.index_select(0, index)
-            self.v = self.v.index_select(0, index)  # type: ignore[union-attr]
+        if self.k is None:
+            return
+        if self._kbuf is None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)  # type: ignore[union-attr]
+            return
+        n = self.length
+        self._kbuf, self._vbuf = self._kbuf.index_select(0, index), self._vbuf.index_select(0, index)  # type: ignore[union-attr]
+        self.k, self.v = self._kbuf[:, :, :n], self._vbuf[:, :, :n]
 
 
 class MultiHeadAttention(nn.Module):
@@ -100,12 +121,19 @@ class MultiHeadAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.n_heads, self.d_k).transpose(1, 2)  # (B, h, T, d_k)
 
+    def project(self, x: Tensor, rows: slice) -> Tensor:
+        """x · W^T for the rows ``rows`` of the stacked [W^Q; W^K; W^V] (e.g. only W^Q, or only W^K and W^V).
+
+        ``in_proj`` may also be an int8 module (:mod:`aiayn.model.quantize`) that takes the rows itself.
+        """
+        p = self.in_proj
+        if isinstance(p, nn.Linear):
+            return F.linear(x, p.weight[rows], None if p.bias is None else p.bias[rows])
+        return p(x, rows)
+
     def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values of an encoder output (B, S, d) for encoder-decoder attention."""
-        w, b = self.in_proj.weight[self.d_model :], None
-        if self.in_proj.bias is not None:
-            b = self.in_proj.bias[self.d_model :]
-        k, v = F.linear(memory, w, b).chunk(2, dim=-1)
+        k, v = self.project(memory, slice(self.d_model, None)).chunk(2, dim=-1)
         return self._heads(k), self._heads(v)
 
     def forward(
@@ -121,19 +149,20 @@ class MultiHeadAttention(nn.Module):
         """x: (B, T, d) queries. Self-attention when ``memory`` is None, else attention over memory (B, S, d).
 
         ``cache``: for self-attention, earlier keys/values are read from it and the new ones appended;
-        with ``static_kv`` (encoder-decoder attention) it holds the memory's keys/values, filled on first use.
+        with ``static_kv`` (encoder-decoder attention) it holds the memory's keys/values, filled on first use
+        (``memory`` may then be None: the keys/values were computed elsewhere, e.g. by an exported encoder).
         """
-        d = self.d_model
-        w, b = self.in_proj.weight, self.in_proj.bias
-        if memory is None:
-            q, k, v = (self._heads(t) for t in F.linear(x, w, b).chunk(3, dim=-1))
+        if memory is None and not static_kv:
+            q, k, v = (self._heads(t) for t in self.in_proj(x).chunk(3, dim=-1))
             if cache is not None:
                 k, v = cache.append(k, v)
         else:
-            q = self._heads(F.linear(x, w[:d], None if b is None else b[:d]))
+            q = self._heads(self.project(x, slice(0, self.d_model)))
             if static_kv and cache is not None and cache.k is not None:
                 k, v = cache.k, cache.v  # type: ignore[assignment]
             else:
+                if memory is None:
+                    raise ValueError("encoder-decoder attention needs the memory or a cache holding its keys/values")
                 k, v = self.project_memory(memory)
                 if static_kv and cache is not None:
                     cache.k, cache.v = k, v
@@ -142,7 +171,7 @@ class MultiHeadAttention(nn.Module):
         reference = self.impl == "reference" or self.record_weights
         # A single new query with a cache sees every cached position: no mask needed. A square
         # causal pattern without other masks goes to SDPA's own causal kernel.
-        sdpa_causal = causal and t_q > 1 and mask is None and t_q == t_k and not reference
+        sdpa_causal = bool(causal and t_q > 1 and mask is None and t_q == t_k and not reference)
         if causal and t_q > 1 and not sdpa_causal:
             cm = causal_mask(t_q, t_k, x.device)  # with a cache: the last t_q of t_k positions
             mask = cm if mask is None else mask & cm

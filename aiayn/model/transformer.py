@@ -48,12 +48,22 @@ class DecoderState:
 
     def select(self, index: Tensor) -> None:
         """Keep (and reorder) the batch rows ``index``: beam reordering, dropping finished sentences."""
-        for c in self.self_caches + self.cross_caches:
+        self.reorder_beams(index, index)
+
+    def reorder_beams(self, index: Tensor, sentence_rows: Tensor | None) -> None:
+        """Beam search's reordering: self-attention caches take rows ``index``; what depends only on the
+        source (memory, its mask, encoder-decoder keys/values — equal for all beams of a sentence) is
+        only copied when sentences leave the batch (``sentence_rows``; None = the same sentences)."""
+        for c in self.self_caches:
             c.select(index)
+        if sentence_rows is None:
+            return
+        for c in self.cross_caches:
+            c.select(sentence_rows)
         if self.memory is not None:
-            self.memory = self.memory.index_select(0, index)
+            self.memory = self.memory.index_select(0, sentence_rows)
         if self.memory_mask is not None:
-            self.memory_mask = self.memory_mask.index_select(0, index)
+            self.memory_mask = self.memory_mask.index_select(0, sentence_rows)
 
 
 class Encoder(nn.Module):

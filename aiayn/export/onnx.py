@@ -1,0 +1,157 @@
+"""Export an encoder-decoder to ONNX: the encoder, and one decoder step with its caches as inputs/outputs.
+
+Two graphs, runnable with onnxruntime (or any ONNX engine); the search loop stays with the caller
+(:func:`greedy` below is one, used by the tests):
+
+``encoder.onnx``
+    ``src`` (B, S) int64 — token ids ending in ``</s>``, padded with ``<pad>`` (0)
+    → ``cross_k``, ``cross_v`` (L, B, h, S, d_k): every decoder layer's encoder-decoder keys and values,
+    computed once per sentence (the decoder never needs the encoder output itself).
+
+``decoder_step.onnx``
+    ``tokens`` (B, 1) int64 — the previous output token (``<s>`` = 2 at the first step)
+    ``position`` () int64 — its position (0 at the first step)
+    ``src_mask`` (B, S) bool — ``src != 0``
+    ``cross_k``, ``cross_v`` — from the encoder
+    ``self_k``, ``self_v`` (L, B, h, T, d_k) — the self-attention cache, T = position (empty at first)
+    → ``log_probs`` (B, V) for the next token, and ``new_self_k``, ``new_self_v`` (L, B, h, T + 1, d_k).
+
+The step is aiayn's own decoder layers run on caches (:class:`~aiayn.model.attention.KVCache`), so
+the exported function is the one aiayn decodes with. Reordering the caches for beam search is a
+gather on axis 1 by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..config import BOS_ID, EOS_ID, PAD_ID
+from ..model.attention import KVCache
+from ..model.transformer import padding_mask
+
+OPSET = 18
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, model) -> None:  # noqa: ANN001
+        super().__init__()
+        self.model = model
+
+    def forward(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        memory, _ = self.model.encode(src)  # (B, S, d)
+        kv = [layer.cross_attn.project_memory(memory) for layer in self.model.decoder.layers]
+        return torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv])
+
+
+class DecoderStepGraph(nn.Module):
+    def __init__(self, model) -> None:  # noqa: ANN001
+        super().__init__()
+        self.model = model
+        dec = model.decoder
+        pe = dec.input.positional
+        if pe.kind == "learned":
+            table = pe.table.weight.detach().clone()
+        elif pe.kind == "sinusoidal":
+            table = pe.pe[: model.cfg.max_positions].clone()
+        else:
+            table = torch.zeros(model.cfg.max_positions, model.cfg.d_model)
+        self.register_buffer("pe_table", table)
+
+    def forward(self, tokens: Tensor, position: Tensor, src_mask: Tensor, cross_k: Tensor, cross_v: Tensor,
+                self_k: Tensor, self_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        dec = self.model.decoder
+        x = dec.input.embedding(tokens) + self.pe_table.index_select(0, position.view(1)).unsqueeze(0)  # (B, 1, d)
+        mask = src_mask[:, None, None, :]
+        new_k, new_v = [], []
+        for i, layer in enumerate(dec.layers):
+            cache = KVCache(self_k[i], self_v[i])
+            x = layer(x, None, mask, cache, KVCache(cross_k[i], cross_v[i]))
+            new_k.append(cache.k)
+            new_v.append(cache.v)
+        logits = self.model.output(dec.norm(x))[:, -1].float()  # (B, V)
+        return logits.log_softmax(-1), torch.stack(new_k), torch.stack(new_v)  # type: ignore[arg-type]
+
+
+def _examples(model) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:  # noqa: ANN001
+    cfg = model.cfg
+    b, s, t = 2, 5, 3
+    src = torch.tensor([[5, 6, 7, 8, EOS_ID], [5, 6, EOS_ID, PAD_ID, PAD_ID]])
+    with torch.no_grad():
+        ck, cv = EncoderGraph(model)(src)
+    shape = (cfg.n_decoder_layers, b, cfg.n_heads, t, cfg.d_model // cfg.n_heads)
+    step = (torch.full((b, 1), BOS_ID), torch.tensor(t), src != PAD_ID, ck, cv, torch.zeros(shape), torch.zeros(shape))
+    assert s == src.size(1)
+    return (src,), step
+
+
+def to_onnx(model, vocab, out: str | Path) -> Path:  # noqa: ANN001
+    """Write ``encoder.onnx``, ``decoder_step.onnx``, ``config.json`` and the vocabulary to ``out``."""
+    cfg = model.cfg
+    if cfg.arch != "encoder-decoder":
+        raise ValueError("only encoder-decoder models can be exported to ONNX here")
+    model = model.float().eval()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    enc_args, step_args = _examples(model)
+    batch, src_len, past = "batch", "src_len", "past_len"
+    with torch.no_grad():
+        torch.onnx.export(EncoderGraph(model), enc_args, str(out / "encoder.onnx"), input_names=["src"],
+                          output_names=["cross_k", "cross_v"], opset_version=OPSET, dynamo=False,
+                          dynamic_axes={"src": {0: batch, 1: src_len}, "cross_k": {1: batch, 3: src_len},
+                                        "cross_v": {1: batch, 3: src_len}})
+        torch.onnx.export(DecoderStepGraph(model), step_args, str(out / "decoder_step.onnx"),
+                          input_names=["tokens", "position", "src_mask", "cross_k", "cross_v", "self_k", "self_v"],
+                          output_names=["log_probs", "new_self_k", "new_self_v"], opset_version=OPSET, dynamo=False,
+                          dynamic_axes={"tokens": {0: batch}, "src_mask": {0: batch, 1: src_len},
+                                        "cross_k": {1: batch, 3: src_len}, "cross_v": {1: batch, 3: src_len},
+                                        "self_k": {1: batch, 3: past}, "self_v": {1: batch, 3: past},
+                                        "log_probs": {0: batch}, "new_self_k": {1: batch}, "new_self_v": {1: batch}})
+    meta = {"format": "aiayn-onnx/1", "n_layers": cfg.n_decoder_layers, "n_heads": cfg.n_heads,
+            "d_k": cfg.d_model // cfg.n_heads, "vocab_size": cfg.target_vocab_size, "max_positions": cfg.max_positions,
+            "pad_id": PAD_ID, "bos_id": BOS_ID, "eos_id": EOS_ID}
+    (out / "config.json").write_text(json.dumps(meta, indent=2))
+    proto = getattr(vocab, "proto", None)
+    if proto is not None:
+        (out / "spm.model").write_bytes(proto)
+    return out
+
+
+def greedy(path: str | Path, ids: list[list[int]], max_len: int, threads: int = 1) -> list[list[int]]:
+    """Greedy translation of token-id sequences with onnxruntime and the two exported graphs."""
+    import numpy as np
+    import onnxruntime as ort
+
+    path = Path(path)
+    meta = json.loads((path / "config.json").read_text())
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    enc = ort.InferenceSession(str(path / "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
+    step = ort.InferenceSession(str(path / "decoder_step.onnx"), opts, providers=["CPUExecutionProvider"])
+    b, s = len(ids), max(map(len, ids)) + 1
+    src = np.full((b, s), meta["pad_id"], dtype=np.int64)
+    for i, x in enumerate(ids):
+        src[i, : len(x) + 1] = x + [meta["eos_id"]]
+    ck, cv = enc.run(None, {"src": src})
+    shape = (meta["n_layers"], b, meta["n_heads"], 0, meta["d_k"])
+    sk, sv = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    tokens = np.full((b, 1), meta["bos_id"], dtype=np.int64)
+    out: list[list[int]] = [[] for _ in range(b)]
+    done = np.zeros(b, dtype=bool)
+    for t in range(max_len):
+        logp, sk, sv = step.run(None, {"tokens": tokens, "position": np.array(t, dtype=np.int64), "src_mask": src != meta["pad_id"],
+                                       "cross_k": ck, "cross_v": cv, "self_k": sk, "self_v": sv})
+        logp[:, [meta["pad_id"], meta["bos_id"]]] = -np.inf
+        best = logp.argmax(-1)
+        for i in np.flatnonzero(~done):
+            if best[i] == meta["eos_id"]:
+                done[i] = True
+            else:
+                out[i].append(int(best[i]))
+        if done.all():
+            break
+        tokens = best[:, None].astype(np.int64)
+    return out

@@ -1,0 +1,120 @@
+"""Training throughput on this CPU: aiayn against Hugging Face ``MarianMTModel``, same architecture, same batches.
+
+    pip install -e '.[bench]'
+    python benchmarks/train_speed.py                       # the shipped model's shape and the paper's base shape
+    python benchmarks/train_speed.py --shapes small --steps 10
+
+For each shape, both models are built with the same architecture (post-LN, sinusoidal positions, tied
+embeddings, ReLU; aiayn's weights are exported into the HF model, so even the numbers are the same),
+and each runs the same training steps: the same token-bucketed batches of the Bible corpus, the same
+label-smoothed loss computed from the logits, Adam with the same settings. Timed: forward, loss,
+backward and the optimizer step, after ``--warmup`` untimed steps; in float32 and under bf16 autocast.
+Reported: source + target tokens (padding excluded) per second, and the ratio aiayn / HF. The last line
+is a one-line summary of the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHAPES = {  # name: ModelConfig overrides (post-LN: the paper's, and the one HF Marian has)
+    "small": dict(preset="small", n_encoder_layers=6, n_decoder_layers=3),  # the shipped model's shape
+    "paper-base": dict(preset="paper-base"),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="small,paper-base")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--max-tokens", type=int, default=2500)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workdir", default=str(ROOT / "runs" / "train_speed"))
+    args = ap.parse_args()
+
+    import torch
+
+    from aiayn.config import PAD_ID, preset
+    from aiayn.data.batching import ParallelData, collate, token_batches
+    from aiayn.data.prepare import PrepareConfig, prepare
+    from aiayn.export.hf import to_hf
+    from aiayn.model import build_model
+    from aiayn.train.loop import autocast_context
+    from aiayn.train.optim import label_smoothed_loss
+
+    torch.set_num_threads(args.threads)
+    d = ROOT / "data" / "bible-es-en"
+    data_dir = Path(args.workdir) / "data"
+    prepare(PrepareConfig(train=str(d / "train.tsv"), out=str(data_dir), vocab_size=8000))
+    data = ParallelData(data_dir, "train")
+    n_batches = args.warmup + args.steps
+    t0 = time.perf_counter()
+    batches = [collate(data, ix) for ix in token_batches(data.src_lens, data.tgt_lens, args.max_tokens, seed=1)[:n_batches]]
+    collate_ms = (time.perf_counter() - t0) / n_batches * 1000
+    real = sum(int((s != PAD_ID).sum() + (t != PAD_ID).sum()) for s, _, t in batches)
+    padded = sum(s.numel() + t.numel() for s, _, t in batches)
+
+    def run(model, forward, dtype: str) -> float:  # noqa: ANN001
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+        model.train()
+        tokens, t0 = 0, 0.0
+        for i, (src, tgt_in, tgt_out) in enumerate(batches):
+            if i == args.warmup:
+                t0 = time.perf_counter()
+            with autocast_context(torch.device("cpu"), dtype):
+                logits = forward(model, src, tgt_in)
+            loss, _ = label_smoothed_loss(logits.float(), tgt_out, 0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if i >= args.warmup:
+                tokens += int((src != PAD_ID).sum() + (tgt_out != PAD_ID).sum())
+        return tokens / (time.perf_counter() - t0)
+
+    def aiayn_fwd(m, src, tgt_in):  # noqa: ANN001, ANN202
+        return m(src, tgt_in)
+
+    def hf_fwd(m, src, tgt_in):  # noqa: ANN001, ANN202
+        return m(input_ids=src, attention_mask=src != PAD_ID, decoder_input_ids=tgt_in,
+                 decoder_attention_mask=tgt_in != PAD_ID).logits
+
+    print(f"{args.steps} timed steps of ≤{args.max_tokens} tokens per side, {args.threads} threads, torch {torch.__version__}")
+    print(f"batches: {1 - real / padded:.1%} padding; building one (bucketing + collate) takes {collate_ms:.1f} ms")
+    summary = {}
+    for shape in args.shapes.split(","):
+        over = dict(SHAPES[shape])
+        cfg = preset(over.pop("preset"), **over, vocab_size=8000, norm="post", dropout=0.1)
+        torch.manual_seed(0)
+        ours = build_model(cfg)
+        theirs = to_hf(ours, _NoVocab(), Path(args.workdir) / f"hf-{shape}")
+        for dtype in args.dtypes.split(","):
+            a = run(ours, aiayn_fwd, dtype)
+            h = run(theirs, hf_fwd, dtype)
+            summary[f"{shape} {dtype}"] = round(a / h, 2)
+            print(f"{shape:<10} {dtype:<8}  aiayn {a:7.0f} tok/s   HF Marian {h:7.0f} tok/s   ratio {a / h:.2f}x", flush=True)
+    print("ratios aiayn/HF: " + json.dumps(summary))
+
+
+class _NoVocab:
+    """to_hf writes tokenizer files from a vocabulary; the speed test needs none."""
+
+    proto = None
+
+    def __len__(self) -> int:
+        return 8000
+
+    def pieces(self, ids):  # noqa: ANN001, ANN201
+        return [f"▁{i}" for i in ids]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Translation speed on this CPU: aiayn's own decoder against Hugging Face ``generate`` and CTranslate2.
+
+    pip install -e '.[bench]'
+    python benchmarks/translate_speed.py                    # 500 test sentences, batch 32, beam 4 and greedy
+    python benchmarks/translate_speed.py --sentences 100    # a quick look
+
+The shipped Spanish→English model (models/bible-es-en) is exported once to a HF model directory
+(``aiayn export --to hf``; pre-LN → PegasusForConditionalGeneration) and to CTranslate2, so every engine
+runs the same weights. Every engine gets the same batches: the first ``--sentences`` verses of the test
+split, sorted by source length and cut into batches of ``--batch`` sentences, already tokenized (the
+tokenizer is not timed). Maximum output length: source length + 50 (per sentence in aiayn, per batch
+in HF and CTranslate2, which only take one limit per call). Length penalty: aiayn's GNMT α = 0.6;
+HF and CTranslate2 take α = 0.6 in their own form (log P / |Y|^α). Each engine translates the first
+batch once untimed (warm-up), then everything, timed. Reported: target tokens per second (tokens
+produced, </s> excluded), the ratio to HF and to CTranslate2 at the same precision, and each engine's
+sacreBLEU on those sentences. The last line is a one-line summary of the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+Batch = list[list[int]]
+Engine = Callable[[Batch], list[list[int]]]
+
+
+def _aiayn(model, compute_type: str, beam: int) -> Engine:  # noqa: ANN001
+    from aiayn.data.batching import source_tensor
+    from aiayn.decode.search import beam_search, greedy_search, max_lengths
+    from aiayn.model.quantize import for_inference
+
+    m = for_inference(model, compute_type)
+
+    def run(batch: Batch) -> list[list[int]]:
+        src = source_tensor(batch)
+        limit = max_lengths(src)
+        if beam == 1:
+            return [h.tokens for h in greedy_search(m, src, limit)]
+        return [h[0].tokens for h in beam_search(m, src, limit, beam)]
+
+    return run
+
+
+def _hf(path: Path, beam: int) -> Engine:
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    from aiayn.config import EOS_ID, PAD_ID
+
+    hf = AutoModelForSeq2SeqLM.from_pretrained(path).eval()
+
+    @torch.no_grad()
+    def run(batch: Batch) -> list[list[int]]:
+        n = max(map(len, batch)) + 1
+        ids = torch.full((len(batch), n), PAD_ID, dtype=torch.long)
+        for i, x in enumerate(batch):
+            ids[i, : len(x) + 1] = torch.tensor(x + [EOS_ID])
+        out = hf.generate(input_ids=ids, attention_mask=ids != PAD_ID, num_beams=beam, do_sample=False,
+                          length_penalty=0.6, max_new_tokens=n - 1 + 50, early_stopping=True)
+        res = []
+        for row in out.tolist():
+            row = row[1:]
+            row = row[: row.index(EOS_ID)] if EOS_ID in row else row
+            res.append([t for t in row if t != PAD_ID])
+        return res
+
+    return run
+
+
+def _ct2(path: Path, compute_type: str, beam: int, threads: int, vocab) -> Engine:  # noqa: ANN001
+    import ctranslate2
+
+    tr = ctranslate2.Translator(str(path), device="cpu", compute_type=compute_type, intra_threads=threads, inter_threads=1)
+
+    def run(batch: Batch) -> list[list[int]]:
+        res = tr.translate_batch([vocab.pieces(x) for x in batch], beam_size=beam, length_penalty=0.6,
+                                 max_decoding_length=max(map(len, batch)) + 50, max_batch_size=len(batch))
+        return [[vocab.sp.piece_to_id(p) for p in r.hypotheses[0]] for r in res]
+
+    return run
+
+
+def _time(engine: Engine, batches: list[Batch]) -> tuple[float, list[list[int]]]:
+    engine(batches[0])  # warm-up
+    t0 = time.perf_counter()
+    outs = [y for b in batches for y in engine(b)]
+    return time.perf_counter() - t0, outs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(ROOT / "models" / "bible-es-en"))
+    ap.add_argument("--test", default=str(ROOT / "data" / "bible-es-en" / "test.tsv"))
+    ap.add_argument("--sentences", type=int, default=500)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--beams", default="4,1", help="beam sizes to measure (1 = greedy)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--engines", default="aiayn-float32,aiayn-bfloat16,aiayn-int8,hf-float32,ct2-float32,ct2-int8")
+    ap.add_argument("--workdir", default=str(ROOT / "runs" / "translate_speed"))
+    args = ap.parse_args()
+
+    import sacrebleu
+    import torch
+
+    from aiayn.evaluate import read_test_pairs
+    from aiayn.train.checkpoint import load_model_dir
+
+    torch.set_num_threads(args.threads)
+    model, vocab, _ = load_model_dir(args.model)
+    src, refs = read_test_pairs(args.test, limit=args.sentences)
+    ids = vocab.encode_batch(src)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    batches = [[ids[i] for i in order[j: j + args.batch]] for j in range(0, len(order), args.batch)]
+    sorted_refs = [refs[i] for i in order]
+    work = Path(args.workdir)
+    engines = args.engines.split(",")
+
+    exported: dict[str, Path] = {}
+    if any(e.startswith("hf") for e in engines):
+        from aiayn.export.hf import to_hf
+
+        to_hf(model, vocab, work / "hf")
+        exported["hf"] = work / "hf"
+    if any(e.startswith("ct2") for e in engines):
+        from aiayn.export.ctranslate2 import to_ctranslate2
+
+        exported["ct2"] = to_ctranslate2(model, vocab, work / "ct2")
+
+    print(f"{len(src)} sentences ({sum(map(len, ids))} source tokens), batch {args.batch}, {args.threads} threads, "
+          f"torch {torch.__version__}")
+    results: dict[tuple[str, int], dict] = {}
+    for beam in (int(x) for x in args.beams.split(",")):
+        for name in engines:
+            kind, ctype = name.split("-", 1)
+            if kind == "aiayn":
+                engine = _aiayn(model, ctype, beam)
+            elif kind == "hf":
+                engine = _hf(exported["hf"], beam)
+            else:
+                engine = _ct2(exported["ct2"], ctype, beam, args.threads, vocab)
+            seconds, outs = _time(engine, batches)
+            n_tok = sum(map(len, outs))
+            bleu = sacrebleu.corpus_bleu([vocab.decode(o) for o in outs], [sorted_refs]).score
+            results[(name, beam)] = {"tok_s": n_tok / seconds, "seconds": seconds, "tokens": n_tok, "bleu": bleu}
+            print(f"beam {beam}  {name:<15} {n_tok / seconds:8.0f} tok/s  {seconds:6.1f} s  {n_tok:6d} tokens  "
+                  f"BLEU {bleu:5.2f}", flush=True)
+
+    summary = {}
+    for (name, beam), r in results.items():
+        if not name.startswith("aiayn"):
+            continue
+        ctype = name.split("-", 1)[1]
+        for peer in ("hf-float32", f"ct2-{ctype}"):
+            if (peer, beam) in results:
+                summary[f"beam{beam} {name}/{peer}"] = round(r["tok_s"] / results[(peer, beam)]["tok_s"], 2)
+    print("ratios: " + json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
