@@ -334,3 +334,45 @@ def test_layers_match_torch_transformer_layers(norm):
     causal = torch.nn.Transformer.generate_square_subsequent_mask(6)
     expected = t_dec(x, mem, tgt_mask=causal, memory_key_padding_mask=pad)
     torch.testing.assert_close(dec(x, mem, ~pad[:, None, None, :]), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not __import__("aiayn.model.linear", fromlist=["ENABLED"]).ENABLED, reason="no oneDNN in this PyTorch")
+def test_onednn_linear_equals_torch_linear_with_gradients():
+    """The CPU fast path of every projection (aiayn.model.linear) is F.linear: values and gradients."""
+    from aiayn.model import linear as L
+
+    torch.manual_seed(0)
+    for bias in (True, False):
+        w = torch.randn(96, 64, requires_grad=True)
+        b = torch.randn(96, requires_grad=True) if bias else None
+        x = torch.randn(3, 7, 64, requires_grad=True)
+        for rows in (slice(None), slice(0, 32), slice(32, None)):  # weight slices, as attention takes them
+            args = (x, w[rows], None if b is None else b[rows])
+            ours = L.linear(*args)
+            g = torch.randn_like(ours)
+            grads = torch.autograd.grad(ours, [t for t in (x, w, b) if t is not None], g)
+            ref = torch.nn.functional.linear(*args)
+            ref_grads = torch.autograd.grad(ref, [t for t in (x, w, b) if t is not None], g)
+            torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+            for a, r in zip(grads, ref_grads):
+                torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)
+    # Other dtypes and autocast take F.linear itself.
+    assert not L._fast(x.double(), w.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not L._fast(x, w)
+
+
+def test_training_step_is_the_same_with_and_without_the_onednn_kernel(monkeypatch):
+    from aiayn.model import linear as L
+
+    cfg = preset("tiny", vocab_size=40, dropout=0.0)
+    src, tgt = torch.randint(4, 40, (4, 9)), torch.randint(4, 40, (4, 7))
+    grads = []
+    for enabled in (True, False):
+        monkeypatch.setattr(L, "ENABLED", enabled)
+        torch.manual_seed(0)
+        model = Transformer(cfg)
+        model(src, tgt).log_softmax(-1).mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4, msg=n)

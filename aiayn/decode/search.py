@@ -125,9 +125,9 @@ def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float
         raise ValueError(f"nbest ({nbest}) cannot exceed the beam size ({beam})")
     dev = src.device
     b, k = src.size(0), beam
+    # Rows [i*k, (i+1)*k) of the decoder's batch are sentence i's beams. What depends only on the source
+    # (the memory and its keys/values) stays one row per sentence: attention groups the k beams.
     state = model.start(src)
-    # Each sentence's state repeated k times: rows [i*k, (i+1)*k) are sentence i's beams.
-    state.select(torch.arange(b, device=dev).repeat_interleave(k))
     alive = torch.arange(b, device=dev)  # original sentence of each active block of k rows
     limit = max_len.to(dev)
     steps = int(limit.max())
@@ -173,7 +173,7 @@ def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float
         done = at_limit | ((worst > neg_inf) & (worst >= bound))
         if bool(done.all()):
             break
-        keep_rows = None
+        keep = None
         if bool(done.any()):
             keep = (~done).nonzero().squeeze(1)
             keep_rows = (keep.unsqueeze(1) * k + torch.arange(k, device=dev)).view(-1)
@@ -181,7 +181,7 @@ def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float
             history = history.index_select(0, keep_rows)
             rows = rows.view(n, k)[keep].view(-1)
             new_tok = new_tok.view(n, k)[keep].view(-1)
-        state.reorder_beams(rows, keep_rows)
+        state.reorder_beams(rows, keep)
         tokens = new_tok.unsqueeze(1)
 
     return finished.hypotheses()

@@ -150,7 +150,7 @@ def to_hf(model, vocab, out: str | Path):  # noqa: ANN001, ANN201
     if missing or unexpected:
         raise ExportError(f"HF parameter names did not match (missing {missing[:5]}, unexpected {unexpected[:5]})")
     hf.eval()
-    hf.generation_config.update(num_beams=4, max_length=cfg.max_positions, bad_words_ids=[[PAD_ID]])
+    hf.generation_config.update(num_beams=4, bad_words_ids=[[PAD_ID]])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(out)

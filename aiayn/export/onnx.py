@@ -31,7 +31,6 @@ from torch import Tensor, nn
 
 from ..config import BOS_ID, EOS_ID, PAD_ID
 from ..model.attention import KVCache
-from ..model.transformer import padding_mask
 
 OPSET = 18
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .linear import Linear, linear
+
 
 def attention(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout: float = 0.0, training: bool = False
@@ -39,6 +41,14 @@ def attention(
     else:
         weights_used = weights
     return weights_used @ v, weights
+
+
+def _few_queries_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Equation (1) without keeping the weights, for short query blocks: q (B, h, T_q, d_k) → (B, h, T_q, d_v)."""
+    scores = (q * (1.0 / math.sqrt(q.size(-1)))) @ k.transpose(-2, -1)  # (B, h, T_q, T_k)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v
 
 
 def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> Tensor:
@@ -111,8 +121,8 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         self.d_model, self.n_heads, self.d_k = d_model, n_heads, d_model // n_heads
         self.dropout = dropout
-        self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias)  # [W^Q; W^K; W^V] for all heads
-        self.out_proj = nn.Linear(d_model, d_model, bias=bias)  # W^O
+        self.in_proj = Linear(d_model, 3 * d_model, bias=bias)  # [W^Q; W^K; W^V] for all heads
+        self.out_proj = Linear(d_model, d_model, bias=bias)  # W^O
         self.impl = "sdpa"  # "sdpa" (fast) or "reference" (equation 1, can record weights)
         self.record_weights = False
         self.weights: Tensor | None = None  # (B, h, T_q, T_k), set when record_weights is on
@@ -128,7 +138,7 @@ class MultiHeadAttention(nn.Module):
         """
         p = self.in_proj
         if isinstance(p, nn.Linear):
-            return F.linear(x, p.weight[rows], None if p.bias is None else p.bias[rows])
+            return linear(x, p.weight[rows], None if p.bias is None else p.bias[rows])
         return p(x, rows)
 
     def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
@@ -167,6 +177,13 @@ class MultiHeadAttention(nn.Module):
                 if static_kv and cache is not None:
                     cache.k, cache.v = k, v
 
+        # Beam search keeps one copy of the memory's keys/values per sentence, not per beam: the
+        # g = B_q / B_k query rows of a sentence (its beams) attend to the same keys as one group.
+        groups = q.size(0) // k.size(0)
+        if groups > 1:
+            n, h, t_g, dk = k.size(0), q.size(1), q.size(2), q.size(3)
+            q = q.view(n, groups, h, t_g, dk).transpose(1, 2).reshape(n, h, groups * t_g, dk)
+
         t_q, t_k = q.size(2), k.size(2)
         reference = self.impl == "reference" or self.record_weights
         # A single new query with a cache sees every cached position: no mask needed. A square
@@ -177,12 +194,21 @@ class MultiHeadAttention(nn.Module):
             mask = cm if mask is None else mask & cm
 
         p = self.dropout if self.training else 0.0
+        weights = None
         if reference:
             out, weights = attention(q, k, v, mask, p, self.training)
-            if self.record_weights:
-                self.weights = weights.detach()
+        elif groups > 1 and p == 0.0 and q.device.type == "cpu":
+            # A few queries against contiguous keys: two batched products beat SDPA's CPU kernel here
+            # (52 vs 214 µs for 32 sentences × 4 beams × 4 heads × 20 keys on 2 cores).
+            out = _few_queries_attention(q, k, v, mask)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=sdpa_causal)
+        if groups > 1:  # back to one row per beam
+            out = out.view(n, h, groups, t_g, -1).transpose(1, 2).reshape(n * groups, h, t_g, -1)
+            if weights is not None:
+                weights = weights.view(n, h, groups, t_g, t_k).transpose(1, 2).reshape(n * groups, h, t_g, t_k)
+        if self.record_weights:
+            self.weights = weights.detach()  # type: ignore[union-attr]
         b_, h, t, dk = out.shape
         out = out.transpose(1, 2).reshape(b_, t, h * dk)  # concatenate the heads: (B, T, d)
         return self.out_proj(out)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from .attention import KVCache, MultiHeadAttention
+from .linear import Linear
 
 
 def sinusoidal_table(n_positions: int, d_model: int, layout: str = "interleaved") -> Tensor:
@@ -97,8 +98,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.w1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
-        self.w2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+        self.w1 = Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.w2 = Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.activation = F.relu if cfg.activation == "relu" else F.gelu
         self.dropout = nn.Dropout(cfg.act_dropout)
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import PAD_ID, ModelConfig
 from .attention import KVCache
+from .linear import linear
 from .layers import DecoderLayer, Embedding, EncoderLayer, InputLayer, final_norm, init_linear_weights
 
 
@@ -52,8 +52,8 @@ class DecoderState:
 
     def reorder_beams(self, index: Tensor, sentence_rows: Tensor | None) -> None:
         """Beam search's reordering: self-attention caches take rows ``index``; what depends only on the
-        source (memory, its mask, encoder-decoder keys/values — equal for all beams of a sentence) is
-        only copied when sentences leave the batch (``sentence_rows``; None = the same sentences)."""
+        source (memory, its mask, encoder-decoder keys/values: one row per sentence, shared by its beams)
+        takes rows ``sentence_rows`` when sentences leave the batch (None = the same sentences)."""
         for c in self.self_caches:
             c.select(index)
         if sentence_rows is None:
@@ -124,7 +124,7 @@ class OutputLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.tied.weight if self.tied is not None else self.weight
-        return F.linear(x, w)  # (B, T, d) → (B, T, V)
+        return linear(x, w)  # (B, T, d) → (B, T, V)
 
 
 class Transformer(nn.Module):
