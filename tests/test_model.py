@@ -376,3 +376,22 @@ def test_training_step_is_the_same_with_and_without_the_onednn_kernel(monkeypatc
         grads.append({n: p.grad for n, p in model.named_parameters()})
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_dropout_drops_p_and_scales_the_rest():
+    from aiayn.model.dropout import Dropout, dropout
+
+    x = torch.ones(1000, 1000, requires_grad=True)
+    torch.manual_seed(0)
+    y = dropout(x, 0.1, True)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.002  # 1e6 draws: the standard deviation is 0.0003
+    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.9))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d(x·m)/dx = m
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, 0.1, True), y)  # the same generator: seeds reproduce masks
+    m = Dropout(0.3).eval()
+    assert m(x) is x and dropout(x, 0.0, True) is x
+    assert abs((dropout(torch.ones(10**6), 0.3, True) == 0).float().mean().item() - 0.3) < 0.002
+    assert (dropout(torch.ones(4, 5).bfloat16(), 0.5, True) != 0).any()

@@ -29,10 +29,17 @@ def max_lengths(src: Tensor, extra: int = 50, a: float = 1.0) -> Tensor:
     return (a * src_len).long() + extra
 
 
-def _forbid_specials(logp: Tensor) -> Tensor:
-    logp[:, PAD_ID] = float("-inf")
-    logp[:, BOS_ID] = float("-inf")
-    return logp
+def _next_token_scores(model, tokens: Tensor, state) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+    """One decoder step → (logits with <pad> and <s> forbidden, log Σ exp logits), both per row.
+
+    log P(y) = logit(y) − logsumexp(logits): the search ranks logits and subtracts the normaliser only for
+    the candidates it keeps, instead of writing out a full log-softmax of (rows × V).
+    """
+    logits = model.step(tokens, state)[:, -1].float()  # (rows, V)
+    lse = logits.logsumexp(-1, keepdim=True)  # (rows, 1)
+    logits[:, PAD_ID] = float("-inf")
+    logits[:, BOS_ID] = float("-inf")
+    return logits, lse
 
 
 @dataclass
@@ -53,8 +60,9 @@ def greedy_search(model, src: Tensor, max_len: Tensor) -> list[Hypothesis]:  # n
     lengths = torch.zeros(b, dtype=torch.long, device=src.device)
     tokens = torch.full((b, 1), BOS_ID, dtype=torch.long, device=src.device)
     for t in range(out.size(1)):
-        logp = _forbid_specials(model.step(tokens, state)[:, -1].float().log_softmax(-1))  # (b, V)
-        best_lp, best = logp.max(-1)
+        logits, lse = _next_token_scores(model, tokens, state)  # (b, V), (b, 1)
+        best_logit, best = logits.max(-1)
+        best_lp = best_logit - lse.squeeze(1)
         out[alive, t] = best
         logps[alive] += best_lp.double()
         done = (best == EOS_ID) | (t + 1 >= max_len[alive])
@@ -140,12 +148,14 @@ def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float
 
     for t in range(steps):
         n = alive.numel()
-        logp = _forbid_specials(model.step(tokens, state)[:, -1].float().log_softmax(-1))  # (n·k, V)
-        v = logp.size(-1)
-        cand = (scores.unsqueeze(-1) + logp.view(n, k, v)).view(n, k * v)
+        logits, lse = _next_token_scores(model, tokens, state)  # (n·k, V), (n·k, 1)
+        # The 2k best continuations of the sentence are among the 2k best of each of its beams.
+        m = min(2 * k, logits.size(-1))
+        beam_top, beam_tok = logits.topk(m, dim=-1)  # (n·k, m)
+        cand = (scores.view(-1, 1) + (beam_top - lse)).view(n, k * m)
         top, idx = cand.topk(2 * k, dim=-1)  # (n, 2k)
-        rows_2k = torch.arange(n, device=dev).unsqueeze(1) * k + idx // v  # the beam each candidate extends
-        tok = idx % v
+        rows_2k = torch.arange(n, device=dev).unsqueeze(1) * k + idx // m  # the beam each candidate extends
+        tok = beam_tok.view(n, k * m).gather(1, idx)
         is_eos = tok == EOS_ID
         length = t + 1
         lp = length_penalty(float(length), alpha)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from .attention import KVCache, MultiHeadAttention
+from .dropout import Dropout
 from .linear import Linear
 
 
@@ -87,7 +88,7 @@ class InputLayer(nn.Module):
         super().__init__()
         self.embedding = embedding
         self.positional = PositionalEncoding(cfg)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, tokens: Tensor, offset: int = 0) -> Tensor:
         return self.dropout(self.positional(self.embedding(tokens), offset))
@@ -101,7 +102,7 @@ class FeedForward(nn.Module):
         self.w1 = Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
         self.w2 = Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.activation = F.relu if cfg.activation == "relu" else F.gelu
-        self.dropout = nn.Dropout(cfg.act_dropout)
+        self.dropout = Dropout(cfg.act_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w2(self.dropout(self.activation(self.w1(x))))
@@ -118,7 +119,7 @@ class Residual(nn.Module):
         super().__init__()
         self.pre = cfg.norm == "pre"
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, sublayer) -> Tensor:  # noqa: ANN001 - a callable (B, T, d) → (B, T, d)
         if self.pre:
