@@ -51,6 +51,15 @@ def test_label_smoothing_loss():
     expected = 0.9 * expected_nll + 0.1 * (-logp[keep].mean(-1)).sum()
     torch.testing.assert_close(nll, expected_nll)
     torch.testing.assert_close(loss, expected)
+    # …which is PyTorch's own label-smoothed cross-entropy, gradients included.
+    x = logits.clone().requires_grad_()
+    ours = label_smoothed_loss(x, target, 0.1)[0]
+    (g,) = torch.autograd.grad(ours, x)
+    y = logits.clone().requires_grad_()
+    ref = torch.nn.functional.cross_entropy(y, target, ignore_index=0, label_smoothing=0.1, reduction="sum")
+    (g_ref,) = torch.autograd.grad(ref, y)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(g, g_ref)
 
 
 def test_unknown_config_keys_are_errors(tmp_path):
