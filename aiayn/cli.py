@@ -20,6 +20,9 @@ def _die(msg: str, code: int = 2) -> None:
 def _threads(n: int) -> None:
     import torch
 
+    from .runtime import keep_freed_memory
+
+    keep_freed_memory()
     if n > 0:
         torch.set_num_threads(n)
 
@@ -241,7 +244,7 @@ def cmd_export(a: argparse.Namespace) -> None:
             from .export.onnx import to_onnx
         except ImportError as e:
             _die(f"exporting to ONNX needs the onnx package: pip install 'aiayn[export]' ({e})")
-        out = to_onnx(model, vocab, a.out)
+        out = to_onnx(model, vocab, a.out, beam=a.beam, nbest=a.nbest, alpha=a.alpha, extra=a.max_len_b)
     print(out)
 
 
@@ -376,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--to", choices=["ctranslate2", "hf", "onnx"], required=True)
     p.add_argument("--quantization", choices=["int8", "int8_float32", "float16", "bfloat16"], help="CTranslate2 weight type")
+    g = p.add_argument_group("ONNX beam search (baked into beam_search.onnx)")
+    g.add_argument("--beam", type=int, default=4)
+    g.add_argument("--nbest", type=int, default=1)
+    g.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty")
+    g.add_argument("--max-len-b", type=int, default=50, help="max output length = source length + this")
     p.set_defaults(func=cmd_export)
     return ap
 

@@ -39,8 +39,10 @@ def run_demo(model_dir: str | None = None, n: int = 100, threads: int = 0, out=s
     from .decode.translate import Translator
     from .evaluate import read_test_pairs, score_translations
     from .model import count_parameters
+    from .runtime import keep_freed_memory
     from .train.checkpoint import load_model_dir
 
+    keep_freed_memory()
     if threads > 0:
         torch.set_num_threads(threads)
     path = Path(model_dir) if model_dir else shipped_model_dir()

@@ -111,8 +111,10 @@ def main() -> None:
     import torch
 
     from aiayn.evaluate import read_test_pairs
+    from aiayn.runtime import keep_freed_memory
     from aiayn.train.checkpoint import load_model_dir
 
+    keep_freed_memory()  # as `aiayn translate` does; every engine runs in this process and benefits
     torch.set_num_threads(args.threads)
     model, vocab, _ = load_model_dir(args.model)
     src, refs = read_test_pairs(args.test, limit=args.sentences)

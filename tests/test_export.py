@@ -116,17 +116,28 @@ def test_hf_logits_match(opts, tmp_path):
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
 
 
-def test_onnx_greedy_is_identical(trained, toy_corpus):
+def test_onnx_greedy_and_beam_search_are_identical(trained, toy_corpus):
+    """The encoder + step graphs give aiayn's greedy tokens; beam_search.onnx gives its 2-best beams
+    (beam 4, α 0.6, source + 12), tokens identical and scores equal, for a whole padded batch at once."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     from aiayn.export.onnx import greedy, to_onnx
+    from aiayn.export.onnx_beam import beam_search
 
     model, vocab, tmp = trained
-    out = to_onnx(model, vocab, tmp / "onnx")
+    out = to_onnx(model, vocab, tmp / "onnx", beam=4, nbest=2, extra=MAX_LEN)
     ids = _test_ids(vocab, toy_corpus)
     ours = _ours(model, vocab, ids)
     assert sum(map(bool, ours)) >= 10
     assert greedy(out, ids, MAX_LEN) == ours  # one batch, padded: the graphs handle masks and batch rows
+
+    cfg = DecodeConfig(beam=4, nbest=2, max_len_b=MAX_LEN)
+    ours_beam = Translator(model, vocab, cfg).translate_ids(ids)
+    theirs = beam_search(out, ids)
+    assert [[h.tokens for h in hs] for hs in ours_beam] == [[t for t, _ in hs] for hs in theirs]
+    torch.testing.assert_close(torch.tensor([[h.score for h in hs] for hs in ours_beam]),
+                               torch.tensor([[s for _, s in hs] for hs in theirs]), atol=1e-4, rtol=1e-4)
+    assert sum(len(hs[0].tokens) < MAX_LEN for hs in ours_beam) >= 10  # most end with </s>, not at the limit
 
 
 def test_onnx_step_matches_model(tmp_path):

@@ -62,6 +62,26 @@ def test_label_smoothing_loss():
     torch.testing.assert_close(g, g_ref)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_label_smoothing_loss_shapes_dtypes_and_scaled_gradients(smoothing):
+    """(B, T, V) logits, bf16 logits (gradient in bf16), and an upstream factor on the loss."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 13)
+    target = torch.randint(0, 13, (3, 4))
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):
+        x = logits.to(dtype).requires_grad_()
+        loss, nll = label_smoothed_loss(x, target, smoothing)
+        (g,) = torch.autograd.grad(2.5 * loss, x)
+        y = logits.to(dtype).float().requires_grad_()
+        flat = y.reshape(-1, 13), target.reshape(-1)
+        ref = torch.nn.functional.cross_entropy(*flat, ignore_index=0, label_smoothing=smoothing, reduction="sum")
+        (g_ref,) = torch.autograd.grad(2.5 * ref, y)
+        assert g.dtype == dtype and g.shape == x.shape
+        torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(nll, torch.nn.functional.cross_entropy(*flat, ignore_index=0, reduction="sum"))
+        torch.testing.assert_close(g.float(), g_ref, atol=tol, rtol=tol)
+
+
 def test_unknown_config_keys_are_errors(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("model:\n  preset: tiny\ntrain:\n  max_stepz: 3\n")

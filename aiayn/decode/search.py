@@ -84,11 +84,27 @@ def greedy_search(model, src: Tensor, max_len: Tensor) -> list[Hypothesis]:  # n
     return result
 
 
+def merge_finished(kept: tuple[Tensor, Tensor, Tensor, Tensor], score: Tensor, log_prob: Tensor, tokens: Tensor,
+                   length: int | Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The best ``nbest`` of kept finished hypotheses and new candidates, per sentence, best first.
+
+    kept: (score, log_prob, length, tokens) of shapes (n, nbest) ×3 and (n, nbest, L); the candidates:
+    score, log_prob (n, m) with -inf for none, tokens (n, m, L), all of the same ``length``. The best
+    of a union are the best of (the kept ones ∪ the new ones): one ``topk`` for all sentences.
+    """
+    k_score, k_log_prob, k_length, k_tokens = kept
+    best, pick = torch.cat([k_score, score], dim=1).topk(k_score.size(1), dim=1)  # (n, nbest)
+    log_prob = torch.cat([k_log_prob, log_prob], 1).gather(1, pick)
+    new_len = torch.zeros_like(score, dtype=torch.long) + length
+    length_ = torch.cat([k_length, new_len], 1).gather(1, pick)
+    all_tok = torch.cat([k_tokens, tokens], dim=1)  # (n, nbest + m, L)
+    return best, log_prob, length_, all_tok.gather(1, pick.unsqueeze(-1).expand(-1, -1, all_tok.size(-1)))
+
+
 class _Finished:
     """The ``nbest`` best finished hypotheses of every sentence, kept as tensors (best first).
 
-    New candidates are merged with one ``topk`` per step for all sentences at once: the ``nbest``
-    best of a union are the ``nbest`` best of (the kept ones ∪ the new ones).
+    New candidates are merged by :func:`merge_finished`, one ``topk`` per step for all sentences.
     """
 
     def __init__(self, b: int, nbest: int, max_len: int, device: torch.device) -> None:
@@ -99,15 +115,9 @@ class _Finished:
 
     def merge(self, sent: Tensor, score: Tensor, log_prob: Tensor, tokens: Tensor, length: int) -> None:
         """sent: (n,) sentence ids; score, log_prob: (n, m) with -inf for no candidate; tokens: (n, m, L)."""
-        m = self.score.size(1)
-        all_score = torch.cat([self.score[sent], score], dim=1)  # (n, nbest + m)
-        best, pick = all_score.topk(m, dim=1)
-        self.score[sent] = best
-        self.log_prob[sent] = torch.cat([self.log_prob[sent], log_prob], 1).gather(1, pick)
-        new_len = torch.full_like(score, length, dtype=torch.long)
-        self.length[sent] = torch.cat([self.length[sent], new_len], 1).gather(1, pick)
-        all_tok = torch.cat([self.tokens[sent], tokens], dim=1)  # (n, nbest + m, L)
-        self.tokens[sent] = all_tok.gather(1, pick.unsqueeze(-1).expand(-1, -1, all_tok.size(-1)))
+        kept = (self.score[sent], self.log_prob[sent], self.length[sent], self.tokens[sent])
+        self.score[sent], self.log_prob[sent], self.length[sent], self.tokens[sent] = merge_finished(
+            kept, score, log_prob, tokens, length)
 
     def worst(self, sent: Tensor) -> Tensor:
         """(n,) score of each sentence's nbest-th finished hypothesis (-inf while there are fewer)."""

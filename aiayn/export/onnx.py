@@ -1,7 +1,8 @@
-"""Export an encoder-decoder to ONNX: the encoder, and one decoder step with its caches as inputs/outputs.
+"""Export an encoder-decoder to ONNX: the encoder, one decoder step with its caches as inputs/outputs,
+and the whole beam search as one graph.
 
-Two graphs, runnable with onnxruntime (or any ONNX engine); the search loop stays with the caller
-(:func:`greedy` below is one, used by the tests):
+Three graphs, runnable with onnxruntime (or any ONNX engine). With the first two the search loop stays
+with the caller (:func:`greedy` below is one, used by the tests); the third has it inside:
 
 ``encoder.onnx``
     ``src`` (B, S) int64 — token ids ending in ``</s>``, padded with ``<pad>`` (0)
@@ -15,6 +16,10 @@ Two graphs, runnable with onnxruntime (or any ONNX engine); the search loop stay
     ``cross_k``, ``cross_v`` — from the encoder
     ``self_k``, ``self_v`` (L, B, h, T, d_k) — the self-attention cache, T = position (empty at first)
     → ``log_probs`` (B, V) for the next token, and ``new_self_k``, ``new_self_v`` (L, B, h, T + 1, d_k).
+
+``beam_search.onnx``
+    ``src`` → ``tokens`` (B, nbest, T), ``lengths``, ``scores``, ``log_probs`` (B, nbest): aiayn's beam
+    search (§6.1) with the settings given at export, in an ONNX ``Loop`` (:mod:`aiayn.export.onnx_beam`).
 
 The step is aiayn's own decoder layers run on caches (:class:`~aiayn.model.attention.KVCache`), so
 the exported function is the one aiayn decodes with. Reordering the caches for beam search is a
@@ -87,8 +92,12 @@ def _examples(model) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:  # noqa: 
     return (src,), step
 
 
-def to_onnx(model, vocab, out: str | Path) -> Path:  # noqa: ANN001
-    """Write ``encoder.onnx``, ``decoder_step.onnx``, ``config.json`` and the vocabulary to ``out``."""
+def to_onnx(model, vocab, out: str | Path, beam: int = 4, nbest: int = 1, alpha: float = 0.6,  # noqa: ANN001
+            extra: int = 50) -> Path:
+    """Write ``encoder.onnx``, ``decoder_step.onnx``, ``beam_search.onnx`` (beam, n-best, α and the
+    length limit source + ``extra`` baked in), ``config.json`` and the vocabulary to ``out``."""
+    from . import onnx_beam
+
     cfg = model.cfg
     if cfg.arch != "encoder-decoder":
         raise ValueError("only encoder-decoder models can be exported to ONNX here")
@@ -111,7 +120,8 @@ def to_onnx(model, vocab, out: str | Path) -> Path:  # noqa: ANN001
                                         "log_probs": {0: batch}, "new_self_k": {1: batch}, "new_self_v": {1: batch}})
     meta = {"format": "aiayn-onnx/1", "n_layers": cfg.n_decoder_layers, "n_heads": cfg.n_heads,
             "d_k": cfg.d_model // cfg.n_heads, "vocab_size": cfg.target_vocab_size, "max_positions": cfg.max_positions,
-            "pad_id": PAD_ID, "bos_id": BOS_ID, "eos_id": EOS_ID}
+            "pad_id": PAD_ID, "bos_id": BOS_ID, "eos_id": EOS_ID,
+            "beam_search": onnx_beam.save(model, out, beam, nbest, alpha, extra)}
     (out / "config.json").write_text(json.dumps(meta, indent=2))
     proto = getattr(vocab, "proto", None)
     if proto is not None:

@@ -76,8 +76,10 @@ class Service:
 
     def __init__(self, model_dir: str | Path, limits: Limits | None = None, threads: int = 0) -> None:
         from ..model import count_parameters
+        from ..runtime import keep_freed_memory
         from ..train.checkpoint import load_model_dir
 
+        keep_freed_memory()
         if threads > 0:
             torch.set_num_threads(threads)
         self.model_dir = Path(model_dir)

@@ -40,6 +40,7 @@ from ..data.prepare import load_manifest
 from ..data.vocab import load_vocab
 from ..model import build_model, count_parameters
 from ..atomic import write_json_atomic
+from ..runtime import keep_freed_memory
 from .checkpoint import CheckpointError, load_trainer_state, save_model_dir
 from .optim import cosine_decay, cosine_lr, inverse_sqrt_lr, label_smoothed_loss, make_optimizer
 
@@ -152,6 +153,8 @@ class Trainer:
         if self.device.type == "cuda" and self.distributed:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(self.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # large per-step tensors reuse the heap instead of fresh pages (aiayn/runtime.py)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         if not cfg.data:

@@ -1,0 +1,40 @@
+"""Process-wide settings for running on a CPU.
+
+:func:`keep_freed_memory` — glibc's ``malloc`` serves every allocation above a threshold (at most
+32 MB by default) with a fresh ``mmap`` and returns it to the kernel on ``free``. A training step of
+a translation model makes several tensors that large each step (the (tokens × vocabulary) logits,
+their log-softmax and its gradient: 80 MB each for 2,500 tokens and 8,000 types), so every step pays
+for the kernel zeroing those pages again on first touch. On this project's 2-core machine the
+label-smoothed loss with its backward took 54 ms with the default and 17 ms once freed memory stays
+in the process (a 80 MB ``torch.exp``: 21 → 6 ms). Intel's PyTorch CPU guide gets the same effect by
+preloading jemalloc or tcmalloc; this needs nothing installed: ``mallopt`` raises the threshold to
+1 GiB and stops trimming, so the process keeps its peak heap and reuses it. The cost is that memory
+freed by the process is not given back to the system while it runs — what a long training or
+translation process wants. ``AIAYN_KEEP_FREED_MEMORY=0`` turns it off; it does nothing where the C
+library is not glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_done = False
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse (once per process); True if it is in effect."""
+    global _done
+    if _done:
+        return True
+    if os.environ.get("AIAYN_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
+        return False
+    _done = bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
+    return _done
