@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 
 Arch = Literal["encoder-decoder", "decoder-only", "encoder-only"]
 Norm = Literal["post", "pre"]
-Positional = Literal["sinusoidal", "learned", "none"]
+Positional = Literal["sinusoidal", "learned", "rope", "none"]
 PELayout = Literal["interleaved", "concat"]
 Activation = Literal["relu", "gelu"]
 Tie = Literal["three_way", "decoder_only", "none"]
@@ -53,7 +53,8 @@ class ModelConfig:
     attn_dropout: float = 0.0  # dropout on attention probabilities (not in the paper)
     act_dropout: float = 0.0  # dropout after the FFN activation (not in the paper)
     norm: Norm = "post"  # post: LayerNorm(x + Sublayer(x)) (§3.1); pre: x + Sublayer(LayerNorm(x))
-    positional: Positional = "sinusoidal"  # §3.5; "learned" is Table 3 row (E)
+    positional: Positional = "sinusoidal"  # §3.5; "learned" is Table 3 row (E); "rope" rotates queries and keys
+    rope_base: float = 10000.0  # rope: wavelengths from 2π to 2π·base, like the paper's sinusoids
     pe_layout: PELayout = "interleaved"  # the paper's sin/cos interleaving, or t2t/fairseq [sin | cos]
     activation: Activation = "relu"
     tie: Tie = "three_way"  # §3.4; decoder_only ties only target embedding and output layer
@@ -82,6 +83,10 @@ class ModelConfig:
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.positional == "sinusoidal" and self.d_model % 2:
             raise ConfigError(f"sinusoidal positions need an even d_model, got {self.d_model}")
+        if self.positional == "rope" and self.d_k % 2:
+            raise ConfigError(f"rope positions need an even head size d_model/n_heads, got {self.d_k}")
+        if self.rope_base <= 1.0:
+            raise ConfigError(f"rope_base must be > 1, got {self.rope_base}")
         if self.vocab_size < 5:
             raise ConfigError(f"vocab_size must hold the 4 special tokens and more, got {self.vocab_size}")
         if self.tgt_vocab_size is not None:

@@ -187,3 +187,19 @@ def test_export_command(trained):
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
         assert (tmp / f"cli-{to}" / name).is_file()
+
+
+def test_exporters_refuse_rope_positions(tmp_path):
+    """Every target engine adds positions to the embeddings: a rope model is refused clearly, not
+    exported into something that computes another function."""
+    from aiayn.config import preset
+    from aiayn.data.vocab import CharVocab
+    from aiayn.export.ctranslate2 import to_ctranslate2
+    from aiayn.export.hf import to_hf
+    from aiayn.export.onnx import to_onnx
+
+    model = build_model(preset("tiny", positional="rope"))
+    vocab = CharVocab.train(["abc"])
+    for export in (to_ctranslate2, to_hf, to_onnx):
+        with pytest.raises(ValueError, match="rope"):
+            export(model, vocab, tmp_path / export.__name__)

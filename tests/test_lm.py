@@ -23,7 +23,7 @@ def lm(**kw):
 @pytest.mark.parametrize("cfg", [SampleConfig(max_new_tokens=30, temperature=0),
                                  SampleConfig(max_new_tokens=30, temperature=0.9, top_k=10, top_p=0.9, seed=3)])
 def test_cached_generation_equals_uncached(prompt_len, cfg):
-    for model in (lm(), lm(norm="post", positional="sinusoidal", activation="relu")):
+    for model in (lm(), lm(norm="post", positional="sinusoidal", activation="relu"), lm(positional="rope")):
         prompt = torch.randint(4, 30, (2, prompt_len))
         assert torch.equal(generate(model, prompt, cfg), generate_uncached(model, prompt, cfg))
 

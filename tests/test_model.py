@@ -130,7 +130,8 @@ def test_padding_never_changes_real_positions():
 
 
 # --- incremental decoding -----------------------------------------------------------------------
-@pytest.mark.parametrize("opts", [{}, {"norm": "pre", "positional": "learned"}, {"tie": "none", "activation": "gelu"}])
+@pytest.mark.parametrize("opts", [{}, {"norm": "pre", "positional": "learned"}, {"tie": "none", "activation": "gelu"},
+                                  {"positional": "rope"}])
 def test_cached_decoding_equals_full_forward(opts):
     m = Transformer(tiny(**opts)).eval()
     src, tgt = _src_tgt()
@@ -229,7 +230,7 @@ def test_parameter_counts_against_table_3():
 
 # --- every option and family member trains ---------------------------------------------------
 OPTIONS = [
-    {}, {"norm": "pre"}, {"positional": "learned"}, {"positional": "none"}, {"pe_layout": "concat"},
+    {}, {"norm": "pre"}, {"positional": "learned"}, {"positional": "none"}, {"positional": "rope"}, {"pe_layout": "concat"},
     {"activation": "gelu"}, {"tie": "decoder_only"}, {"tie": "none"}, {"bias": False},
     {"attn_dropout": 0.1, "act_dropout": 0.1}, {"ln_eps": 1e-5}, {"scale_embeddings": False},
 ]
@@ -282,14 +283,38 @@ def test_encoder_only_heads_train():
     assert last < 0.3 * first
 
 
-def test_sdpa_and_reference_paths_agree_for_the_whole_model():
-    m = Transformer(tiny()).eval()
+@pytest.mark.parametrize("positional", ["sinusoidal", "rope"])
+def test_sdpa_and_reference_paths_agree_for_the_whole_model(positional):
+    m = Transformer(tiny(positional=positional)).eval()
     src, tgt = _src_tgt()
     src[1, 4:] = PAD_ID
     a = m(src, tgt)
     set_attention_impl(m, "reference")
     b = m(src, tgt)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_rope_scores_depend_on_relative_position_only():
+    """RoPE (an option): rotating q and k keeps their norms, and q·k depends on the positions only
+    through their difference — the same scores at positions (m, n) and (m + s, n + s)."""
+    from aiayn.model.attention import Rotary
+
+    torch.manual_seed(3)
+    rope = Rotary(16)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+    torch.testing.assert_close(rope(q, 7).norm(), q.norm())
+    for m_, n_ in [(5, 2), (9, 9), (0, 30)]:
+        base = (rope(q, m_) * rope(k, n_)).sum()
+        for s in (1, 100, 1000):
+            torch.testing.assert_close((rope(q, m_ + s) * rope(k, n_ + s)).sum(), base, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose((rope(q, 5) * rope(k, 2)).sum(), (rope(q, 6) * rope(k, 2)).sum())
+    # Position 0 is the identity, and a run of positions equals each position on its own.
+    torch.testing.assert_close(rope(q, 0), q)
+    x = torch.randn(2, 3, 10, 16)
+    torch.testing.assert_close(rope(x, 4), torch.cat([rope(x[:, :, i : i + 1], 4 + i) for i in range(10)], 2))
+    assert rope(x.bfloat16(), 3).dtype == torch.bfloat16
+    with pytest.raises(ConfigError, match="even head size"):
+        preset("tiny", d_model=36, n_heads=4, positional="rope")
 
 
 def test_decoder_state_is_empty_at_start():

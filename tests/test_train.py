@@ -92,16 +92,58 @@ def test_unknown_config_keys_are_errors(tmp_path):
         load_run_config(p)
 
 
-def test_resume_continues_exactly(toy_data, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adam", "muon"])
+def test_resume_continues_exactly(toy_data, tmp_path, optimizer):
     straight = tmp_path / "straight"
-    train(run_cfg(toy_data, straight, max_steps=10))
+    train(run_cfg(toy_data, straight, max_steps=10, optimizer=optimizer))
     resumed = tmp_path / "resumed"
-    train(run_cfg(toy_data, resumed, max_steps=4, save_every=4))  # "killed" after step 4
-    train(run_cfg(toy_data, resumed, max_steps=10))  # the same command again resumes
+    train(run_cfg(toy_data, resumed, max_steps=4, save_every=4, optimizer=optimizer))  # "killed" after step 4
+    train(run_cfg(toy_data, resumed, max_steps=10, optimizer=optimizer))  # the same command again resumes
     assert losses(resumed) == losses(straight)
     a = load_file(str(straight / "checkpoints" / "step_0000010" / "model.safetensors"))
     b = load_file(str(resumed / "checkpoints" / "step_0000010" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_muon_takes_the_layers_matrices_and_adamw_the_rest():
+    """optimizer: muon — Muon for attention / FFN matrices; embeddings, positions, norms, biases and the
+    output layer with AdamW; the schedule's learning rate reaches both; each orthogonalised update has
+    the RMS Moonshot matched to AdamW's (lr · 0.2·√max(A, B) on an orthogonal (A, B) matrix, whose RMS is
+    1/√max(A, B): 0.2 · lr) and the loss goes down."""
+    from aiayn.config import preset
+    from aiayn.model import build_model
+    from aiayn.train.optim import MuonWithAdamW, make_optimizer
+
+    torch.manual_seed(0)
+    model = build_model(preset("gpt-nano", d_model=32, d_ff=64, n_heads=2, n_decoder_layers=2, vocab_size=20, max_positions=16,
+                               tie="none"))
+    opt = make_optimizer(model, 1e-2, (0.9, 0.98), 1e-9, 0.0, "muon")
+    assert isinstance(opt, MuonWithAdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = {names[id(p)] for g in opt.muon.param_groups for p in g["params"]}
+    adamw = {names[id(p)] for g in opt.adamw.param_groups for p in g["params"]}
+    assert muon | adamw == set(names.values()) and not muon & adamw
+    assert muon and all(".layers." in n and n.endswith("weight") and "norm" not in n for n in muon)
+    assert {n for n in adamw if "emb" in n or "table" in n or n.startswith("output")} and all(
+        model.get_parameter(n).dim() == 2 for n in muon)
+    for g in opt.param_groups:
+        g["lr"] = 3e-3
+    assert all(g["lr"] == 3e-3 for g in opt.muon.param_groups + opt.adamw.param_groups)
+    tokens = torch.randint(4, 20, (8, 16))
+    first = None
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
+        first = first if first is not None else loss.item()
+        before = {n: model.get_parameter(n).detach().clone() for n in muon}
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert loss.item() < 0.5 * first
+    for n, w0 in before.items():
+        rms = (model.get_parameter(n).detach() - w0).pow(2).mean().sqrt()
+        assert rms.item() == pytest.approx(0.2 * 3e-3, rel=0.35), n  # Newton–Schulz: singular values ≈ 0.7–1.1
+    with pytest.raises(ValueError, match="another optimizer"):
+        opt.load_state_dict(torch.optim.Adam(model.parameters()).state_dict())
 
 
 def test_gradient_accumulation_matches_one_big_update(toy_data, tmp_path):

@@ -50,8 +50,8 @@ def to_ctranslate2(model, vocab, out: str | Path, quantization: str | None = Non
     cfg = model.cfg
     if cfg.arch != "encoder-decoder":
         raise ValueError("only encoder-decoder models can be exported to CTranslate2 here")
-    if cfg.positional == "learned":
-        raise ValueError("learned positions are not supported by this exporter yet")
+    if cfg.positional in ("learned", "rope"):
+        raise ValueError(f"{cfg.positional} positions are not supported by this exporter yet")
     act = common_spec.Activation.RELU if cfg.activation == "relu" else common_spec.Activation.GELU
     spec = transformer_spec.TransformerSpec.from_config(
         (cfg.n_encoder_layers, cfg.n_decoder_layers), cfg.n_heads, pre_norm=cfg.norm == "pre", activation=act)

@@ -138,6 +138,8 @@ def to_hf(model, vocab, out: str | Path):  # noqa: ANN001, ANN201
         raise ExportError("only encoder-decoder models can be exported to Hugging Face here")
     if cfg.tie != "three_way" or cfg.tgt_vocab_size:
         raise ExportError("HF export needs a shared vocabulary with three-way tying (tie: three_way)")
+    if cfg.positional == "rope":
+        raise ExportError("Marian and Pegasus add positions to the embeddings: rope positions cannot be exported to them")
     pre = cfg.norm == "pre"
     if pre:
         from transformers import PegasusForConditionalGeneration as HFModel

@@ -101,6 +101,8 @@ def to_onnx(model, vocab, out: str | Path, beam: int = 4, nbest: int = 1, alpha:
     cfg = model.cfg
     if cfg.arch != "encoder-decoder":
         raise ValueError("only encoder-decoder models can be exported to ONNX here")
+    if cfg.positional == "rope":
+        raise ValueError("rope positions are not supported by the ONNX exporter yet")
     model = model.float().eval()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,39 @@ class KVCache:
         self.k, self.v = self._kbuf[:, :, :n], self._vbuf[:, :, :n]
 
 
+class Rotary(nn.Module):
+    """Rotary position embedding (RoPE; Su et al., 2021, "RoFormer"), an option: not in the paper.
+
+    Instead of adding the sinusoids of §3.5 to the embeddings, each query and key is rotated by its
+    position: the pair (x_i, x_{i+d_k/2}) turns by the angle pos · base^(−2i/d_k), the frequencies of
+    §3.5. The dot product q·k then depends on the positions only through their difference. The pairs
+    are the two halves of the head (GPT-NeoX / Llama layout; the paper-style interleaved pairs are
+    the same model up to a permutation of W^Q and W^K's rows).
+    """
+
+    def __init__(self, d_k: int, base: float = 10000.0) -> None:
+        super().__init__()
+        self.d_k, self.base = d_k, base
+        self.cos: Tensor | None = None  # (P, d_k/2) tables, grown on demand; not saved
+        self.sin: Tensor | None = None
+
+    def _tables(self, end: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        if self.cos is None or self.cos.size(0) < end or self.cos.device != device:
+            n = max(end, 2 * (0 if self.cos is None else self.cos.size(0)), 256)
+            inv_freq = self.base ** (-torch.arange(0, self.d_k, 2, dtype=torch.float64) / self.d_k)  # (d_k/2,)
+            angle = torch.arange(n, dtype=torch.float64).unsqueeze(1) * inv_freq  # (P, d_k/2)
+            self.cos, self.sin = angle.cos().float().to(device), angle.sin().float().to(device)
+        return self.cos, self.sin  # type: ignore[return-value]
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        """x: (B, h, T, d_k) at positions offset … offset + T − 1 → rotated, same shape and dtype."""
+        t = x.size(2)
+        cos, sin = self._tables(offset + t, x.device)
+        cos, sin = cos[offset : offset + t].to(x.dtype), sin[offset : offset + t].to(x.dtype)  # (T, d_k/2)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention, §3.2.2: Concat(head_1, …, head_h)·W^O, head_i = Attention(QW_i^Q, KW_i^K, VW_i^V).
 
@@ -111,12 +144,14 @@ class MultiHeadAttention(nn.Module):
     the first third and the memory with the other two.
     """
 
-    def __init__(self, d_model: int, n_heads: int, bias: bool = True, dropout: float = 0.0) -> None:
+    def __init__(self, d_model: int, n_heads: int, bias: bool = True, dropout: float = 0.0,
+                 rope: Rotary | None = None) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         self.d_model, self.n_heads, self.d_k = d_model, n_heads, d_model // n_heads
         self.dropout = dropout
+        self.rope = rope  # self-attention with rotary positions: rotate q and k by their positions
         self.in_proj = Linear(d_model, 3 * d_model, bias=bias)  # [W^Q; W^K; W^V] for all heads
         self.out_proj = Linear(d_model, d_model, bias=bias)  # W^O
         self.impl = "sdpa"  # "sdpa" (fast) or "reference" (equation 1, can record weights)
@@ -160,6 +195,9 @@ class MultiHeadAttention(nn.Module):
         """
         if memory is None and not static_kv:
             q, k, v = (self._heads(t) for t in self.in_proj(x).chunk(3, dim=-1))
+            if self.rope is not None:
+                offset = 0 if cache is None else cache.length  # positions of the new queries and keys
+                q, k = self.rope(q, offset), self.rope(k, offset)
             if cache is not None:
                 k, v = cache.append(k, v)
         else:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from .attention import KVCache, MultiHeadAttention
+from .attention import KVCache, MultiHeadAttention, Rotary
 from .dropout import Dropout
 from .linear import Linear
 
@@ -39,7 +39,8 @@ def sinusoidal_table(n_positions: int, d_model: int, layout: str = "interleaved"
 
 
 class PositionalEncoding(nn.Module):
-    """Adds position information to the (scaled) embeddings: sinusoidal (§3.5), learned (Table 3 E), or none."""
+    """Adds position information to the (scaled) embeddings: sinusoidal (§3.5), learned (Table 3 E), or
+    nothing (``none``, and ``rope``, whose positions enter in self-attention: :class:`Rotary`)."""""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -54,7 +55,7 @@ class PositionalEncoding(nn.Module):
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
         """x: (B, T, d) → x + PE[offset : offset + T]."""
-        if self.kind == "none":
+        if self.kind in ("none", "rope"):
             return x
         end = offset + x.size(1)
         if self.kind == "learned":
@@ -127,12 +128,18 @@ class Residual(nn.Module):
         return self.norm(x + self.dropout(sublayer(x)))
 
 
+def self_attention(cfg: ModelConfig) -> MultiHeadAttention:
+    """Self-attention of a layer; with ``positional: rope`` it rotates queries and keys by position."""
+    rope = Rotary(cfg.d_k, cfg.rope_base) if cfg.positional == "rope" else None
+    return MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.bias, cfg.attn_dropout, rope)
+
+
 class EncoderLayer(nn.Module):
     """One encoder layer (§3.1): self-attention, then the feed-forward network."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.bias, cfg.attn_dropout)
+        self.self_attn = self_attention(cfg)
         self.ffn = FeedForward(cfg)
         self.res_attn, self.res_ffn = Residual(cfg), Residual(cfg)
 
@@ -149,7 +156,7 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, cfg: ModelConfig, cross_attention: bool = True) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.bias, cfg.attn_dropout)
+        self.self_attn = self_attention(cfg)
         self.res_self = Residual(cfg)
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.bias, cfg.attn_dropout) if cross_attention else None
         self.res_cross = Residual(cfg) if cross_attention else None

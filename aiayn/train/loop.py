@@ -59,6 +59,7 @@ class TrainConfig:
     lr: float = 1e-3  # peak for cosine / constant
     min_lr: float = 1e-4  # cosine floor
     warmup: int = 4000
+    optimizer: Literal["adam", "muon"] = "adam"  # muon: Muon for the layers' matrices, AdamW for the rest
     adam_betas: tuple[float, float] = (0.9, 0.98)
     adam_eps: float = 1e-9
     weight_decay: float = 0.0
@@ -178,7 +179,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.model = build_model(m).to(self.device)
-        self.optimizer = make_optimizer(self.model, self._lr(1), cfg.adam_betas, cfg.adam_eps, cfg.weight_decay)
+        self.optimizer = make_optimizer(self.model, self._lr(1), cfg.adam_betas, cfg.adam_eps, cfg.weight_decay, cfg.optimizer)
         self.lm_rng = np.random.default_rng(cfg.seed)  # the same on every process (see _next_update)
         if self.kind == "parallel":
             self.train_data = ParallelData(cfg.data, "train")

@@ -80,14 +80,88 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         return grad.to(ctx.dtype), None, None, None
 
 
-def make_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, lr: float, betas: tuple[float, float], eps: float, weight_decay: float, kind: str = "adam"
+) -> torch.optim.Optimizer:
     """Adam (§5.3: β₁ = 0.9, β₂ = 0.98, ε = 1e-9). With weight decay, AdamW that decays matrices only
-    (not biases, LayerNorm gains or embeddings of positions), as nanoGPT does."""
+    (not biases, LayerNorm gains or embeddings of positions), as nanoGPT does.
+
+    ``kind="muon"`` (not in the paper): the matrices inside the layers (attention projections, the
+    feed-forward network) take PyTorch's Muon — momentum whose update is orthogonalised by Newton–Schulz
+    iterations (Jordan et al., 2024), scaled to AdamW's update size ("match_rms_adamw", Liu et al., 2025)
+    so that the same learning rate and weight decay apply — and everything else (embeddings, the tied
+    output layer, positions, norms, biases) takes the AdamW above. See :class:`MuonWithAdamW`.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     fused = {"fused": True} if all(p.device.type in ("cuda", "cpu") for p in params) else {}
+    if kind == "muon":
+        return MuonWithAdamW(model, lr, betas, eps, weight_decay, fused)
+    if kind != "adam":
+        raise ValueError(f"unknown optimizer {kind!r}; expected adam or muon")
     if weight_decay <= 0:
         return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, **fused)
+    return torch.optim.AdamW(_decay_groups(params, weight_decay), lr=lr, betas=betas, eps=eps, **fused)
+
+
+def _decay_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict]:
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **fused)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """Muon for the layers' weight matrices, AdamW for the rest, behind one optimiser's interface.
+
+    ``param_groups`` lists both optimisers' groups (so a learning-rate schedule that sets ``g["lr"]``
+    drives both), and ``state_dict`` holds both states, so checkpoints and resume work unchanged.
+    Muon applies to 2-D parameters outside embedding tables: token embeddings (tied to the output
+    layer) and position tables are lookups, not linear maps, and stay with AdamW with the output layer,
+    as in the Muon write-up.
+    """
+
+    def __init__(self, model: nn.Module, lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
+                 fused: dict | None = None) -> None:
+        tables = {id(p) for m in model.modules() if _is_table(m) for p in m.parameters(recurse=False)}
+        params = [p for p in model.parameters() if p.requires_grad]
+        matrices = [p for p in params if p.dim() == 2 and id(p) not in tables]
+        rest = [p for p in params if p.dim() != 2 or id(p) in tables]
+        if not matrices:
+            raise ValueError("muon: the model has no weight matrices outside its embedding tables")
+        self.muon = torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+        self.adamw = torch.optim.AdamW(_decay_groups(rest, weight_decay), lr=lr, betas=betas, eps=eps, **(fused or {}))
+        # Not Optimizer.__init__: the two inner optimisers own the parameters and their state.
+        self.defaults = {"lr": lr}
+        self.state = {}  # type: ignore[assignment]
+        self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}  # type: ignore[assignment]
+
+    @property
+    def param_groups(self) -> list[dict]:  # type: ignore[override]
+        return self.muon.param_groups + self.adamw.param_groups
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:  # type: ignore[override]  # noqa: ANN001
+        if closure is not None:
+            raise ValueError("MuonWithAdamW.step does not take a closure")
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none)
+        self.adamw.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict:  # type: ignore[override]
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:  # type: ignore[override]
+        if set(state_dict) != {"muon", "adamw"}:
+            raise ValueError("not a Muon + AdamW optimiser state (was the run trained with another optimizer?)")
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
+
+
+def _is_table(module: nn.Module) -> bool:
+    """Embedding tables and the output layer (tied or not): Muon is for the hidden linear maps."""
+    from ..model.layers import Embedding, PositionalEncoding
+    from ..model.transformer import OutputLayer
+
+    return isinstance(module, (nn.Embedding, Embedding, PositionalEncoding, OutputLayer))
