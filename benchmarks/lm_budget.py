@@ -3,7 +3,7 @@
 predicted exactly once in consecutive windows of the block size.
 
     python benchmarks/lm_budget.py                  # 100 s (the first goal: <= 1.75)
-    python benchmarks/lm_budget.py --seconds 600    # 10 minutes (goal: <= 1.47)
+    python benchmarks/lm_budget.py --seconds 600 --config configs/shakespeare-char-10min.yaml  # goal: <= 1.47
 
 The recipe is configs/shakespeare-char-fast.yaml with the budget replaced; its cosine schedule decays over
 the budget's time. Reference points measured by the same rule on this machine: nanoGPT's CPU recipe
