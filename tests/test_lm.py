@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from aiayn.config import preset
 from aiayn.data.prepare import PrepareConfig, prepare
-from aiayn.decode.sampling import SampleConfig, generate, generate_uncached
+from aiayn.decode.sampling import SampleConfig, generate, generate_text, generate_uncached
 from aiayn.evaluate import lm_loss
 from aiayn.model import LanguageModel
+from aiayn.train.checkpoint import load_model_dir
 from aiayn.train.loop import load_run_config, train
 
 
@@ -73,11 +76,6 @@ def test_char_lm_end_to_end(tmp_path):
 def test_shipped_shakespeare_model():
     """models/shakespeare-char works right after installation: it loads, the same seed gives the same text,
     and it predicts the first 4,096 validation characters (nanoGPT's split) far better than chance."""
-    from pathlib import Path
-
-    from aiayn.decode.sampling import generate_text
-    from aiayn.train.checkpoint import load_model_dir
-
     root = Path(__file__).resolve().parents[1]
     model, vocab, _ = load_model_dir(root / "models" / "shakespeare-char")
     cfg = SampleConfig(max_new_tokens=60, temperature=0.8, seed=1)
