@@ -65,9 +65,6 @@ def test_char_lm_end_to_end(tmp_path):
                   "weight_decay": 0.1, "clip_norm": 1.0, "label_smoothing": 0.0, "threads": 1}})
     result = train(run)
     assert result["val_loss"] < 0.5  # a repeated line is learnt
-    from aiayn.decode.sampling import generate_text
-    from aiayn.train.checkpoint import load_model_dir
-
     model, vocab, _ = load_model_dir(tmp_path / "run" / "checkpoints" / "step_0000150")
     out = generate_text(model, vocab, "To be, or ", SampleConfig(max_new_tokens=20, temperature=0), stop=["\n"])
     assert out.startswith("not to be")
