@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ def cmd_prepare(a: argparse.Namespace) -> None:
 
     cfg = PrepareConfig(train=a.train, dev=a.dev, test=a.test, out=a.out, kind="lm" if a.lm else "parallel",
                         vocab=a.vocab, vocab_size=a.vocab_size, spm_model=a.spm_model, max_len=a.max_len,
-                        valid_fraction=a.valid_fraction)
+                        valid_fraction=a.valid_fraction, overwrite=a.overwrite)
     m = prepare(cfg)
     if m.get("up_to_date"):
         print(f"{a.out}: up to date, nothing to do")
@@ -62,6 +63,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     from .config import parse_overrides
     from .train.loop import load_run_config, train
 
+    from .train.loop import TrainingDiverged
+
     run = load_run_config(a.config, parse_overrides(a.set or []))
     try:
         result = train(run)
@@ -69,8 +72,14 @@ def cmd_train(a: argparse.Namespace) -> None:
         print(f"aiayn: interrupted; the same command resumes from the last checkpoint in {run.train.out}/checkpoints",
               file=sys.stderr)
         raise SystemExit(130) from None
+    except TrainingDiverged as e:
+        _die(str(e), 1)
     if os.environ.get("RANK", "0") == "0":  # one summary line, from the first process
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}))
+    if result.get("stopped_by"):
+        print(f"aiayn: stopped by {result['stopped_by']} at step {result['step']}, saved; the same command resumes",
+              file=sys.stderr)
+        raise SystemExit(143 if result["stopped_by"] == "SIGTERM" else 130)
 
 
 # --- average -----------------------------------------------------------------------------------
@@ -85,7 +94,9 @@ def cmd_average(a: argparse.Namespace) -> None:
         dirs = found[-a.last :]
     if not dirs:
         _die("name checkpoint directories, or --run RUN_DIR with --last N")
-    out = average_checkpoints(dirs, a.out, half=a.half)
+    if a.last < 1:
+        _die(f"--last {a.last}: must be at least 1")
+    out = average_checkpoints(dirs, a.out, half=a.half, overwrite=a.overwrite)
     print(f"averaged {len(dirs)} checkpoints ({', '.join(d.name for d in dirs)}) → {out}")
 
 
@@ -228,14 +239,14 @@ def cmd_export(a: argparse.Namespace) -> None:
             from .export.ctranslate2 import to_ctranslate2
         except ImportError as e:
             _die(f"exporting to CTranslate2 needs its package: pip install ctranslate2 ({e})")
-        out = to_ctranslate2(model, vocab, a.out, a.quantization)
+        out = to_ctranslate2(model, vocab, a.out, a.quantization, overwrite=a.overwrite)
     elif a.to == "hf":
         try:
             from .export.hf import ExportError, to_hf
         except ImportError as e:
             _die(f"exporting to Hugging Face needs transformers: pip install 'aiayn[export]' ({e})")
         try:
-            hf = to_hf(model, vocab, a.out)
+            hf = to_hf(model, vocab, a.out, overwrite=a.overwrite)
         except ExportError as e:
             _die(str(e))
         out = f"{a.out} ({type(hf).__name__})"
@@ -244,7 +255,7 @@ def cmd_export(a: argparse.Namespace) -> None:
             from .export.onnx import to_onnx
         except ImportError as e:
             _die(f"exporting to ONNX needs the onnx package: pip install 'aiayn[export]' ({e})")
-        out = to_onnx(model, vocab, a.out, beam=a.beam, nbest=a.nbest, alpha=a.alpha, extra=a.max_len_b)
+        out = to_onnx(model, vocab, a.out, beam=a.beam, nbest=a.nbest, alpha=a.alpha, extra=a.max_len_b, overwrite=a.overwrite)
     print(out)
 
 
@@ -296,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spm-model", help="reuse this SentencePiece model")
     p.add_argument("--max-len", type=int, default=256, help="drop pairs with more tokens on a side (counted)")
     p.add_argument("--valid-fraction", type=float, default=0.1, help="--lm without --dev: the last fraction is validation")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it is a data directory aiayn wrote (never anything else)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train (or resume) a model from a YAML config")
@@ -309,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--last", type=int, default=5)
     p.add_argument("--out", required=True)
     p.add_argument("--half", action="store_true", help="store the weights in float16")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it is a model directory aiayn wrote (never anything else)")
     p.set_defaults(func=cmd_average)
 
     p = sub.add_parser("translate", help="translate lines from stdin (or --input) to stdout (or --output)")
@@ -379,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--to", choices=["ctranslate2", "hf", "onnx"], required=True)
     p.add_argument("--quantization", choices=["int8", "int8_float32", "float16", "bfloat16"], help="CTranslate2 weight type")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it is an export aiayn wrote (never anything else)")
     g = p.add_argument_group("ONNX beam search (baked into beam_search.onnx)")
     g.add_argument("--beam", type=int, default=4)
     g.add_argument("--nbest", type=int, default=1)
@@ -401,10 +415,13 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         a.func(a)
-    except (ConfigError, CorpusError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CorpusError, CheckpointError, ValueError) as e:
         _die(str(e))
     except BrokenPipeError:
         pass
+    except OSError as e:  # disk full, read-only, permissions, no such file: the environment, not a bug
+        where = f"{e.filename}: " if e.filename else ""
+        _die(f"{where}{e.strerror or e}" + (" (disk full: nothing was left half-written)" if e.errno == errno.ENOSPC else ""))
 
 
 if __name__ == "__main__":

@@ -111,6 +111,30 @@ class ModelConfig:
             raise ConfigError("max_positions must be >= 1")
 
 
+def estimate_parameters(cfg: ModelConfig) -> int:
+    """The parameter count of ``cfg``, computed without building the model (for a memory check
+    before allocating). Exact for the default options; within a few per cent for the others.
+
+    Per layer: self-attention 4·(d² + d), encoder-decoder attention the same, FFN 2·d·d_ff + d_ff + d,
+    LayerNorms 2·d each; embeddings V·d, counted once per matrix that tying leaves separate (§3.4).
+    """
+    d, ff = cfg.d_model, cfg.d_ff
+    attn, ffn, ln = 4 * (d * d + d), 2 * d * ff + ff + d, 2 * d
+    enc = dec = 0
+    if cfg.arch in ("encoder-decoder", "encoder-only"):
+        enc = cfg.n_encoder_layers * (attn + ffn + 2 * ln)
+    if cfg.arch == "encoder-decoder":
+        dec = cfg.n_decoder_layers * (2 * attn + ffn + 3 * ln)
+    elif cfg.arch == "decoder-only":
+        dec = cfg.n_decoder_layers * (attn + ffn + 2 * ln)
+    matrices = {"three_way": 1, "decoder_only": 2, "none": 3}[cfg.tie]
+    if cfg.arch != "encoder-decoder":
+        matrices = min(matrices, 2)
+    emb = matrices * max(cfg.vocab_size, cfg.target_vocab_size) * d
+    pos = cfg.max_positions * d if cfg.positional == "learned" else 0
+    return enc + dec + emb + pos
+
+
 def _paper(**kw: Any) -> dict[str, Any]:
     return kw
 
@@ -253,5 +277,5 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 __all__ = [
     "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "ConfigError", "ModelConfig", "PRESETS",
-    "from_dict", "to_dict", "preset", "parse_overrides", "merge",
+    "from_dict", "to_dict", "preset", "parse_overrides", "merge", "estimate_parameters",
 ]

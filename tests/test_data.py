@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from aiayn.atomic import OutputError
 from aiayn.data.batching import ParallelData, collate, token_batches
 from aiayn.data.corpus import CorpusError, read_parallel
 from aiayn.data.prepare import PrepareConfig, load_manifest, prepare
@@ -75,7 +76,10 @@ def test_prepare_again_is_a_no_op_and_inputs_are_tracked(tmp_path):
     stamp = (tmp_path / "d" / "train.src.tokens.npy").stat().st_mtime_ns
     assert prepare(cfg).get("up_to_date")
     assert (tmp_path / "d" / "train.src.tokens.npy").stat().st_mtime_ns == stamp
-    write_tsv(train, make_pairs(120))  # the input changed: prepared again
+    write_tsv(train, make_pairs(120))  # the input changed: prepared again, but only when asked to
+    with pytest.raises(OutputError, match="--overwrite"):
+        prepare(cfg)
+    cfg.overwrite = True
     m = prepare(cfg)
     assert not m.get("up_to_date") and m["splits"]["train"]["pairs"] == 120
     assert load_manifest(tmp_path / "d")["inputs"]["train"][0]["sha256"]

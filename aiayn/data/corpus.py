@@ -38,6 +38,8 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise CorpusError(f"{path}:{n}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
+            if "\x00" in text:
+                raise CorpusError(f"{path}:{n}: NUL byte at character {text.index(chr(0)) + 1} (a binary file, or text in UTF-16?)")
             yield n, text.rstrip("\r\n")
 
 

@@ -44,6 +44,7 @@ class PrepareConfig:
     max_len: int = 256  # pairs with more tokens on a side are dropped (and counted)
     valid_fraction: float = 0.1  # lm with no --dev: the last fraction of the text is validation (nanoGPT)
     seed: int = 1234
+    overwrite: bool = False  # replace an existing prepared directory (only one aiayn wrote)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -66,7 +67,7 @@ def _fingerprint(cfg: PrepareConfig) -> dict:
             files[split] = [{"path": p, "sha256": sha256_file(p)} for p in _input_files(spec)]
     if cfg.spm_model:
         files["spm_model"] = [{"path": cfg.spm_model, "sha256": sha256_file(cfg.spm_model)}]
-    options = {k: v for k, v in asdict(cfg).items() if k not in ("train", "dev", "test", "out", "spm_model")}
+    options = {k: v for k, v in asdict(cfg).items() if k not in ("train", "dev", "test", "out", "spm_model", "overwrite")}
     return {"inputs": files, "options": options}
 
 
@@ -84,19 +85,40 @@ def _token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max else np.dtype(np.int32)
 
 
+def _check_options(cfg: PrepareConfig) -> None:
+    if cfg.vocab_size < 8 and not cfg.spm_model and cfg.vocab != "char":
+        raise CorpusError(f"--vocab-size {cfg.vocab_size}: a vocabulary needs the 4 special tokens and more (at least 8)")
+    if cfg.max_len < 1:
+        raise CorpusError(f"--max-len {cfg.max_len}: must be at least 1")
+    if not 0.0 < cfg.valid_fraction < 1.0:
+        raise CorpusError(f"--valid-fraction {cfg.valid_fraction}: must be between 0 and 1 (exclusive)")
+    if cfg.spm_model:
+        p = Path(cfg.spm_model)
+        if not p.is_file():
+            raise CorpusError(f"{p}: no such file (--spm-model)")
+        try:
+            SentencePieceVocab.load(p)
+        except (RuntimeError, ValueError, OSError) as e:
+            raise CorpusError(f"{p}: not a usable SentencePiece model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
 def prepare(cfg: PrepareConfig) -> dict:
     """Prepare ``cfg.train`` (and dev/test) into ``cfg.out``; returns the manifest."""
     out = Path(cfg.out)
     fp = _fingerprint(cfg)
+    _check_options(cfg)
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        if old.get("format") == FORMAT and old.get("inputs") == fp["inputs"] and old.get("options") == fp["options"]:
+        try:
+            old = json.loads(manifest_path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            old = {}
+        if isinstance(old, dict) and old.get("format") == FORMAT and old.get("inputs") == fp["inputs"] and old.get("options") == fp["options"]:
             log.info("%s is up to date (same inputs and options): nothing to do", out)
             old["up_to_date"] = True
             return old
     # An interrupted run never leaves a half-written data directory under the final name.
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, overwrite=cfg.overwrite, what="data directory") as tmp:
         manifest = _prepare_parallel(cfg, tmp) if cfg.kind == "parallel" else _prepare_lm(cfg, tmp)
         manifest.update({"format": FORMAT, **fp})
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
@@ -167,6 +189,10 @@ def _prepare_lm(cfg: PrepareConfig, tmp: Path) -> dict:
     else:
         cut = int(len(text) * (1 - cfg.valid_fraction))
         train_text, valid_text = text[:cut], text[cut:]
+    if not train_text.strip():
+        raise CorpusError(f"{cfg.train}: no text to train on (the file is empty or blank)")
+    if not valid_text.strip():
+        raise CorpusError(f"{cfg.dev or cfg.train}: no validation text (give --dev, or a larger --valid-fraction)")
     if cfg.vocab == "char":
         vocab = CharVocab.train([train_text])
     elif cfg.spm_model:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_directory
 from ..config import EOS_ID
 
 
@@ -43,8 +44,10 @@ def _ffn(spec, layer) -> None:  # noqa: ANN001
     _linear(spec.linear_1, layer.ffn.w2.weight, layer.ffn.w2.bias)
 
 
-def to_ctranslate2(model, vocab, out: str | Path, quantization: str | None = None, max_positions: int = 1024) -> Path:  # noqa: ANN001
-    """Write ``model`` (a :class:`~aiayn.model.Transformer`) as a CTranslate2 model directory."""
+def to_ctranslate2(model, vocab, out: str | Path, quantization: str | None = None, max_positions: int = 1024,  # noqa: ANN001
+                   overwrite: bool = False) -> Path:
+    """Write ``model`` (a :class:`~aiayn.model.Transformer`) as a CTranslate2 model directory (a new
+    one, or with ``overwrite`` one that aiayn exported before)."""
     from ctranslate2.specs import common_spec, transformer_spec
 
     cfg = model.cfg
@@ -93,7 +96,6 @@ def to_ctranslate2(model, vocab, out: str | Path, quantization: str | None = Non
     spec.config.layer_norm_epsilon = cfg.ln_eps
     spec.validate()
     spec.optimize(quantization=quantization)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    spec.save(str(out))
-    return out
+    with atomic_directory(out, overwrite=overwrite, what="export directory") as tmp:
+        spec.save(str(tmp))
+    return Path(out)

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_directory
 from ..config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 
@@ -130,9 +131,10 @@ def _positions(pe, n: int) -> Tensor:  # noqa: ANN001
     return sinusoidal_table(n, pe.d_model, pe.layout)
 
 
-def to_hf(model, vocab, out: str | Path):  # noqa: ANN001, ANN201
+def to_hf(model, vocab, out: str | Path, overwrite: bool = False):  # noqa: ANN001, ANN201
     """Write ``model`` as a HF ``MarianMTModel`` (post-LN) or ``PegasusForConditionalGeneration`` (pre-LN)
-    directory with tokenizer files; returns the HF model (in eval mode)."""
+    directory with tokenizer files (a new one, or with ``overwrite`` one that aiayn exported before);
+    returns the HF model (in eval mode)."""
     cfg = model.cfg
     if cfg.arch != "encoder-decoder":
         raise ExportError("only encoder-decoder models can be exported to Hugging Face here")
@@ -153,10 +155,9 @@ def to_hf(model, vocab, out: str | Path):  # noqa: ANN001, ANN201
         raise ExportError(f"HF parameter names did not match (missing {missing[:5]}, unexpected {unexpected[:5]})")
     hf.eval()
     hf.generation_config.update(num_beams=4, bad_words_ids=[[PAD_ID]])
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    hf.save_pretrained(out)
-    _write_tokenizer(vocab, out)
+    with atomic_directory(out, overwrite=overwrite, what="export directory") as tmp:
+        hf.save_pretrained(tmp)
+        _write_tokenizer(vocab, tmp)
     return hf
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..atomic import atomic_directory
 from ..config import BOS_ID, EOS_ID, PAD_ID
 from ..model.attention import KVCache
 
@@ -93,19 +94,24 @@ def _examples(model) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:  # noqa: 
 
 
 def to_onnx(model, vocab, out: str | Path, beam: int = 4, nbest: int = 1, alpha: float = 0.6,  # noqa: ANN001
-            extra: int = 50) -> Path:
+            extra: int = 50, overwrite: bool = False) -> Path:
     """Write ``encoder.onnx``, ``decoder_step.onnx``, ``beam_search.onnx`` (beam, n-best, α and the
-    length limit source + ``extra`` baked in), ``config.json`` and the vocabulary to ``out``."""
-    from . import onnx_beam
-
+    length limit source + ``extra`` baked in), ``config.json`` and the vocabulary to ``out`` (a new
+    directory, or with ``overwrite`` one that aiayn exported before)."""
     cfg = model.cfg
     if cfg.arch != "encoder-decoder":
         raise ValueError("only encoder-decoder models can be exported to ONNX here")
     if cfg.positional == "rope":
         raise ValueError("rope positions are not supported by the ONNX exporter yet")
-    model = model.float().eval()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(out, overwrite=overwrite, what="export directory") as tmp:
+        _write_onnx(model.float().eval(), vocab, tmp, beam, nbest, alpha, extra)
+    return Path(out)
+
+
+def _write_onnx(model, vocab, out: Path, beam: int, nbest: int, alpha: float, extra: int) -> None:  # noqa: ANN001
+    from . import onnx_beam
+
+    cfg = model.cfg
     enc_args, step_args = _examples(model)
     batch, src_len, past = "batch", "src_len", "past_len"
     with torch.no_grad():
@@ -128,7 +134,6 @@ def to_onnx(model, vocab, out: str | Path, beam: int = 4, nbest: int = 1, alpha:
     proto = getattr(vocab, "proto", None)
     if proto is not None:
         (out / "spm.model").write_bytes(proto)
-    return out
 
 
 def greedy(path: str | Path, ids: list[list[int]], max_len: int, threads: int = 1) -> list[list[int]]:

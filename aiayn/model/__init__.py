@@ -5,13 +5,14 @@ This package imports nothing from data, training, decoding or serving.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Iterator
 
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ConfigError, ModelConfig, estimate_parameters
 from .attention import KVCache, MultiHeadAttention, attention
 from .encoder_only import EncoderModel
 from .layers import sinusoidal_table
@@ -22,12 +23,27 @@ Model = Transformer | LanguageModel | EncoderModel
 
 
 def build_model(cfg: ModelConfig) -> Model:
-    """The model ``cfg.arch`` names."""
+    """The model ``cfg.arch`` names. A shape whose float32 weights alone would not fit in this
+    machine's memory is refused before anything is allocated."""
+    check_fits_in_memory(cfg)
     if cfg.arch == "encoder-decoder":
         return Transformer(cfg)
     if cfg.arch == "decoder-only":
         return LanguageModel(cfg)
     return EncoderModel(cfg)
+
+
+def check_fits_in_memory(cfg: ModelConfig) -> None:
+    """Raise :class:`~aiayn.config.ConfigError` when ``cfg``'s float32 weights exceed physical memory."""
+    n = estimate_parameters(cfg)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: only the absurd is refused
+        total = 1 << 44
+    if 4 * n > total:
+        raise ConfigError(f"this model shape has about {n:,} parameters ({4 * n / 2**30:,.1f} GiB in float32), "
+                          f"more than this machine's {total / 2**30:,.1f} GiB of memory: check vocab_size, d_model, "
+                          "d_ff and the numbers of layers")
 
 
 def count_parameters(model: nn.Module) -> int:

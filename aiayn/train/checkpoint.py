@@ -23,8 +23,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 from torch import nn
 
-from ..atomic import atomic_directory
+from ..atomic import atomic_directory, check_replaceable
 from ..config import ConfigError, ModelConfig, from_dict
+from ..data.prepare import sha256_file
 from ..data.vocab import load_vocab
 from ..model import build_model
 
@@ -43,14 +44,25 @@ def save_model_dir(
     meta: dict[str, Any] | None = None,
     trainer_state: dict[str, Any] | None = None,
     half: bool = False,
+    overwrite: bool = False,
 ) -> Path:
-    """Write a model directory atomically. ``half`` stores the weights in float16 (for shipping)."""
+    """Write a model directory atomically. ``half`` stores the weights in float16 (for shipping).
+
+    An existing directory is replaced only when aiayn wrote it and ``overwrite`` is set
+    (:func:`aiayn.atomic.check_replaceable`). Weights that are not finite are refused: a NaN written
+    today is a model that translates to nothing tomorrow.
+    """
     final = Path(directory)
-    with atomic_directory(final) as tmp:
+    bad = [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise CheckpointError(f"{final}: not saved: weights are not finite (NaN/inf in {', '.join(bad[:3])}); "
+                              "training diverged (lower the learning rate, or use a longer warm-up)")
+    with atomic_directory(final, overwrite=overwrite, what="model directory") as tmp:
         m = copy.deepcopy(model).half() if half else model
         save_model(m, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
         vocab.save(tmp)
-        config = {"format": FORMAT, "model": cfg.__dict__.copy(), "vocab": {"kind": vocab.kind, "file": vocab.filename, "size": len(vocab)}}
+        config = {"format": FORMAT, "model": cfg.__dict__.copy(), "vocab": {"kind": vocab.kind, "file": vocab.filename, "size": len(vocab)},
+                  "weights_sha256": sha256_file(tmp / "model.safetensors")}
         config.update(meta or {})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         if trainer_state is not None:
@@ -72,6 +84,8 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         found = config.get("format") if isinstance(config, dict) else None
         raise CheckpointError(f"{path}: not an aiayn model (format {found!r}, expected {FORMAT!r})")
+    if not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"{path}: no \"model\" section (the model's configuration)")
     return config
 
 
@@ -93,6 +107,10 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") ->
         raise CheckpointError(f"{weights}: cannot read weights ({e}); the file is corrupt or not a safetensors file") from None
     if missing or unexpected:
         raise CheckpointError(f"{weights}: weights do not match the configuration (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    verify_weights(d, config)
+    bad = [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise CheckpointError(f"{weights}: weights are not finite (NaN/inf in {', '.join(bad[:3])}); this model cannot be used")
     try:
         vocab = load_vocab(d)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
@@ -100,6 +118,17 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") ->
     model.to(device).float().eval()
     model.cfg = cfg
     return model, vocab, config
+
+
+def verify_weights(directory: str | Path, config: dict[str, Any]) -> None:
+    """Check ``model.safetensors`` against the SHA-256 that ``config.json`` recorded when it was saved
+    (directories written before the checksum existed have none and are not checked)."""
+    expected = config.get("weights_sha256")
+    if expected is None:
+        return
+    path = Path(directory) / "model.safetensors"
+    if sha256_file(path) != expected:
+        raise CheckpointError(f"{path}: checksum does not match config.json (the file was changed or damaged after saving)")
 
 
 def load_trainer_state(directory: str | Path) -> dict[str, Any]:
@@ -112,10 +141,19 @@ def load_trainer_state(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot read trainer state ({type(e).__name__}: {e})") from None
 
 
-def average_checkpoints(directories: list[str | Path], out: str | Path, half: bool = False) -> Path:
-    """Average the weights of several checkpoints of one run into a new model directory (§6.1)."""
+def average_checkpoints(directories: list[str | Path], out: str | Path, half: bool = False, overwrite: bool = False) -> Path:
+    """Average the weights of several checkpoints of one run into a new model directory (§6.1).
+
+    ``out`` may not be one of the checkpoints, nor a directory that holds them.
+    """
     if not directories:
         raise CheckpointError("no checkpoints to average")
+    target = Path(out).resolve()
+    for d in directories:
+        src = Path(d).resolve()
+        if src == target or target in src.parents:
+            raise CheckpointError(f"{out}: the output would replace the checkpoint {d} being averaged; choose another --out")
+    check_replaceable(out, overwrite, "model directory")  # before the work, not after it
     configs = [read_config(d) for d in directories]
     if any(c["model"] != configs[0]["model"] for c in configs):
         raise CheckpointError("checkpoints to average must have the same model configuration")
@@ -133,4 +171,5 @@ def average_checkpoints(directories: list[str | Path], out: str | Path, half: bo
     model.load_state_dict({**model.state_dict(), **avg}, strict=True)
     meta = {k: v for k, v in config.items() if k not in ("format", "model", "vocab")}
     meta["averaged"] = [str(d) for d in directories]
-    return save_model_dir(out, model, model.cfg, vocab, meta, half=half)
+    meta.pop("weights_sha256", None)
+    return save_model_dir(out, model, model.cfg, vocab, meta, half=half, overwrite=overwrite)

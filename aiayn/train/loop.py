@@ -21,7 +21,10 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -39,7 +42,7 @@ from ..data.batching import ParallelData, collate, lm_batch, token_batches
 from ..data.prepare import load_manifest
 from ..data.vocab import load_vocab
 from ..model import build_model, count_parameters
-from ..atomic import write_json_atomic
+from ..atomic import claim_run_directory, owned_files, write_json_atomic, write_text_atomic
 from ..runtime import keep_freed_memory
 from .checkpoint import CheckpointError, load_trainer_state, save_model_dir
 from .optim import cosine_decay, cosine_lr, inverse_sqrt_lr, label_smoothed_loss, make_optimizer
@@ -88,6 +91,27 @@ class TrainConfig:
     compile: bool = False
     seed: int = 1234
 
+    def validate(self) -> None:
+        """Refuse values that would crash later (a division by zero) or lose work (keep_last 0)."""
+        for name in ("save_every", "eval_every", "log_every", "update_freq", "keep_last", "max_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_steps", "max_epochs", "max_minutes", "block_size", "eval_bleu_sentences", "eval_lm_tokens",
+                     "threads", "warmup", "weight_decay", "clip_norm", "min_lr"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
+        if self.lr_schedule == "inverse_sqrt" and self.warmup < 1:
+            raise ConfigError("train.warmup must be at least 1 with lr_schedule inverse_sqrt (equation 3 divides by it)")
+        if not self.lr > 0 or not self.lr_scale > 0:
+            raise ConfigError("train.lr and train.lr_scale must be positive")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas) or not self.adam_eps > 0:
+            raise ConfigError("train.adam_betas must be two numbers in [0, 1) and train.adam_eps positive")
+        if self.max_steps and self.warmup >= self.max_steps:
+            log.warning("train.warmup (%d) >= train.max_steps (%d): the learning rate never leaves warm-up",
+                        self.warmup, self.max_steps)
+
 
 @dataclass
 class RunConfig:
@@ -123,6 +147,7 @@ def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | 
     model = preset(name, **model_raw) if name else from_dict(ModelConfig, model_raw, where="model")
     train = from_dict(TrainConfig, dict(raw.get("train") or {}), where="train")
     train.adam_betas = tuple(train.adam_betas)  # type: ignore[assignment]
+    train.validate()
     return RunConfig(model, train)
 
 
@@ -309,7 +334,22 @@ class Trainer:
         return out
 
     # --- checkpoints ------------------------------------------------------------------------
-    def _trainer_state(self) -> dict[str, Any]:
+    def _rng_state(self) -> dict[str, Any]:
+        state = {"torch_rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1])}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _gather_rng(self) -> list[dict[str, Any]]:
+        """Every process's random state (dropout masks differ per process), collected on rank 0."""
+        mine = self._rng_state()
+        if not self.distributed:
+            return [mine]
+        everyone: list[Any] = [None] * self.world
+        dist.all_gather_object(everyone, {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in mine.items()})
+        return everyone
+
+    def _trainer_state(self, rng: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         return {
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
@@ -319,37 +359,68 @@ class Trainer:
             "best_loss": self.best_loss,
             "torch_rng": torch.get_rng_state(),
             "python_rng": list(random.getstate()[1]),
+            "rank_rng": rng or [self._rng_state()],
             "lm_rng": json.dumps(self.lm_rng.bit_generator.state),
         }
 
-    def save(self, metrics: dict[str, float] | None = None) -> Path:
+    def save(self, metrics: dict[str, float] | None = None) -> Path | None:
+        """Write checkpoints/step_N (every process takes part; rank 0 writes), point latest.json at it,
+        then remove the checkpoints beyond ``keep_last`` (only ``step_N`` directories aiayn wrote)."""
+        rng = self._gather_rng()
+        if self.rank != 0:
+            return None
         meta = {"step": self.step, "epoch": self.epoch, "elapsed_seconds": round(self.elapsed, 1), "metrics": metrics or {},
                 "train": self.run.to_dict()["train"]}
         path = self.out / "checkpoints" / f"step_{self.step:07d}"
-        save_model_dir(path, self.model, self.run.model, self.vocab, meta, trainer_state=self._trainer_state())
+        save_model_dir(path, self.model, self.run.model, self.vocab, meta, trainer_state=self._trainer_state(rng), overwrite=True)
         write_json_atomic(self.out / "checkpoints" / "latest.json", {"step": self.step, "path": path.name})
-        old = sorted(p for p in (self.out / "checkpoints").glob("step_*") if p.is_dir())
+        old = sorted(p for p in (self.out / "checkpoints").glob("step_*")
+                     if p.is_dir() and re.fullmatch(r"step_\d{7}", p.name) and owned_files(p, "model directory") is not None)
         for p in old[: max(0, len(old) - self.cfg.keep_last)]:
-            shutil.rmtree(p)
+            if p != path:
+                shutil.rmtree(p)
+        return path
+
+    def _latest(self) -> Path | None:
+        latest = self.out / "checkpoints" / "latest.json"
+        if not latest.is_file():
+            return None
+        try:
+            name = json.loads(latest.read_text())["path"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{latest}: damaged ({type(e).__name__}: {e}); point it at a checkpoint, "
+                                  'e.g. {"path": "step_0001000"}, or remove it to start over') from None
+        path = self.out / "checkpoints" / str(name)
+        if not re.fullmatch(r"step_\d{7}", str(name)) or not path.is_dir():
+            raise CheckpointError(f"{latest}: points at {name!r}, which is not a checkpoint directory here")
         return path
 
     def _maybe_resume(self) -> None:
-        latest = self.out / "checkpoints" / "latest.json"
-        if not latest.is_file():
+        path = self._latest()
+        if path is None:
             return
-        path = self.out / "checkpoints" / json.loads(latest.read_text())["path"]
         from safetensors.torch import load_model
+
+        from .checkpoint import read_config, verify_weights
 
         try:
             load_model(self.model, str(path / "model.safetensors"), strict=True)
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"{path}: cannot resume from this checkpoint ({e})") from None
+        verify_weights(path, read_config(path))
         st = load_trainer_state(path)
         self.optimizer.load_state_dict(st["optimizer"])
         self.step, self.epoch, self.batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
         self.elapsed, self.best_loss = st["elapsed"], st["best_loss"]
-        torch.set_rng_state(st["torch_rng"])
-        random.setstate((3, tuple(st["python_rng"]), None))
+        ranks = st.get("rank_rng") or [{"torch_rng": st["torch_rng"], "python_rng": st["python_rng"]}]
+        if len(ranks) != self.world:
+            log.warning("%s was saved by %d process(es), resuming with %d: dropout masks will not repeat exactly",
+                        path, len(ranks), self.world)
+        mine = ranks[self.rank % len(ranks)]
+        torch.set_rng_state(mine["torch_rng"])
+        random.setstate((3, tuple(mine["python_rng"]), None))
+        if self.device.type == "cuda" and "cuda_rng" in mine:
+            torch.cuda.set_rng_state(mine["cuda_rng"], self.device)
         self.lm_rng.bit_generator.state = json.loads(st["lm_rng"])
         log.info("resumed from %s (step %d, epoch %d)", path, self.step, self.epoch)
 
@@ -369,49 +440,82 @@ class Trainer:
         return ((c.max_steps and self.step >= c.max_steps) or (c.max_epochs and self.epoch >= c.max_epochs)
                 or (c.max_minutes and self.elapsed >= c.max_minutes * 60)) or False
 
+    def _start_run_directory(self) -> None:
+        """Claim ``train.out`` (rank 0): new, empty, or a run aiayn wrote; never a user's folder. On resume,
+        cut the log (and TensorBoard's events) back to the checkpoint's step, so that steps trained after
+        it and lost with a kill are not recorded twice."""
+        claim_run_directory(self.out)
+        write_text_atomic(self.out / "config.yaml", yaml.safe_dump(self.run.to_dict(), sort_keys=False))
+        log_path = self.out / "log.jsonl"
+        if log_path.is_file():
+            kept = [line for line in log_path.read_text().splitlines() if _record_step(line) <= self.step]
+            write_text_atomic(log_path, "".join(line + "\n" for line in kept))
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step: events at or after it (written before a kill, after the checkpoint) are dropped.
+            self.tb = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1 if self.step else None)
+        except ImportError:  # TensorBoard is optional
+            log.info("tensorboard is not installed: no TensorBoard events")
+
+    def _agree(self, stop_requested: bool) -> bool:
+        """One clock and one decision for all processes: rank 0's training time becomes everyone's (the
+        time budget and a time-driven learning rate), and a stop asked of any process stops all of them
+        after the same step. Returns whether to stop."""
+        if not self.distributed:
+            return stop_requested
+        t = torch.tensor([self.elapsed if self.rank == 0 else 0.0, float(stop_requested)], dtype=torch.float64)
+        dist.all_reduce(t)
+        self.elapsed = t[0].item()
+        return t[1].item() > 0
+
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(self.run.to_dict(), sort_keys=False))
         self.tb = None
         if self.rank == 0:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(self.out / "tb"))
-            except ImportError:  # TensorBoard is optional
-                log.info("tensorboard is not installed: no TensorBoard events")
+            self._start_run_directory()
         log.info("model: %s parameters; device %s; %d process(es)", f"{count_parameters(self.model):,}", self.device, self.world)
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.max_steps or None, initial=self.step, disable=None if self.rank == 0 else True,
                    unit="step", dynamic_ncols=True, mininterval=1.0)
         window_tokens, window_start, last_metrics = 0.0, time.perf_counter(), {}
-        while not self._done():
-            t0 = time.perf_counter()
-            s = self.train_step()
-            self.elapsed += time.perf_counter() - t0
-            window_tokens += s["tokens"]
-            bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == 1:
-                dt = time.perf_counter() - window_start
-                rate = window_tokens / max(dt, 1e-9)
-                bar.set_postfix(loss=f"{s['loss']:.3f}", lr=f"{s['lr']:.2e}", tok_s=f"{rate:,.0f}")
-                self._log({"kind": "train", "step": self.step, "epoch": self.epoch, "time": round(self.elapsed, 2),
-                           "loss": s["loss"], "nll": s["nll"], "lr": s["lr"], "tokens_per_s": rate})
-                window_tokens, window_start = 0.0, time.perf_counter()
-            final = self._done()
-            if self.step % cfg.eval_every == 0 or final:
-                last_metrics = self._eval_and_log()
-            if self.step % cfg.save_every == 0 or final:
-                if self.rank == 0:
+        self.stopped_by: str | None = None
+        with StopSignals() as signals:
+            while not self._done():
+                t0 = time.perf_counter()
+                s = self.train_step()
+                self.elapsed += time.perf_counter() - t0
+                stop = self._agree(signals.received is not None)
+                if stop:
+                    self.stopped_by = signals.received or "another process"
+                window_tokens += s["tokens"]
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == 1:
+                    dt = time.perf_counter() - window_start
+                    rate = window_tokens / max(dt, 1e-9)
+                    bar.set_postfix(loss=f"{s['loss']:.3f}", lr=f"{s['lr']:.2e}", tok_s=f"{rate:,.0f}")
+                    self._log({"kind": "train", "step": self.step, "epoch": self.epoch, "time": round(self.elapsed, 2),
+                               "loss": s["loss"], "nll": s["nll"], "lr": s["lr"], "tokens_per_s": rate})
+                    window_tokens, window_start = 0.0, time.perf_counter()
+                if not math.isfinite(s["loss"]):
+                    raise TrainingDiverged(f"step {self.step}: the loss is {s['loss']}; training diverged. The last "
+                                           f"checkpoint in {self.out}/checkpoints is intact: lower train.lr (or lr_scale), "
+                                           "lengthen train.warmup, or set train.clip_norm, and resume")
+                final = self._done() or stop
+                if self.step % cfg.eval_every == 0 or (final and not stop):
+                    last_metrics = self._eval_and_log()
+                if self.step % cfg.save_every == 0 or final:
                     self.save(last_metrics)
-                window_start = time.perf_counter()  # evaluation and saving are not training time
+                    window_start = time.perf_counter()  # evaluation and saving are not training time
+                if stop:
+                    break
         bar.close()
         if self.tb is not None:
             self.tb.close()
-        return {"step": self.step, "epoch": self.epoch, "elapsed": self.elapsed, **last_metrics}
+        return {"step": self.step, "epoch": self.epoch, "elapsed": self.elapsed, **last_metrics,
+                **({"stopped_by": self.stopped_by} if self.stopped_by else {})}
 
     def _eval_and_log(self) -> dict[str, float]:
         if self.rank != 0:
@@ -424,8 +528,45 @@ class Trainer:
             if key in metrics and metrics[key] < self.best_loss:
                 self.best_loss = metrics[key]
                 save_model_dir(self.out / "best", self.model, self.run.model, self.vocab,
-                               {"step": self.step, "metrics": metrics})
+                               {"step": self.step, "metrics": metrics}, overwrite=True)
         return metrics
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def _record_step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return -1  # a line cut short by a kill: dropped
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM (what schedulers and ``kill`` send) ask training to stop after the
+    current step, once it is saved. A second signal stops at once (the last checkpoint stays intact).
+    Only in the main thread; elsewhere signals keep their usual behaviour."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        log.warning("%s: stopping after this step, once it is saved (send it again to stop at once)", self.received)
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def train(run: RunConfig) -> dict[str, Any]:
