@@ -118,9 +118,9 @@ def attention_maps(model, vocab, text: str, beam: int = 1, tgt_tokens: list[int]
         tgt_tokens = Translator(model, vocab, DecodeConfig(beam=beam)).translate_ids([src_ids])[0][0].tokens
     src = source_tensor([src_ids])
     tgt_in = torch.tensor([[BOS_ID] + tgt_tokens])
-    with recording_attention(model) as layers:
+    with recording_attention(model) as record:
         model(src, tgt_in)
-        maps = {name: m.weights[0].float() for name, m in layers}
+    maps = {name: w[0].float() for name, w in record.items()}
     out = {"src": vocab.pieces(src_ids + [EOS_ID]), "tgt": vocab.pieces(tgt_tokens + [EOS_ID]), "translation": vocab.decode(tgt_tokens)}
     # The decoder read <s> y; row i is the prediction of target token i (y_i, or </s> last).
     out["encoder"] = [v for k, v in maps.items() if k.startswith("encoder.") and k.endswith("self_attn")]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, ConfigError, preset
 from aiayn.model import (
-    DecoderState, EncoderModel, LanguageModel, Transformer, attention, build_model, count_parameters,
+    DecoderState, EncoderModel, LanguageModel, MultiHeadAttention, Transformer, attention, build_model, count_parameters,
     parameter_breakdown, recording_attention, set_attention_impl, sinusoidal_table,
 )
 from aiayn.model.attention import MultiHeadAttention
@@ -188,16 +188,55 @@ def test_record_attention_weights():
     m = Transformer(tiny()).eval()
     src, tgt = _src_tgt(b=1)
     base = m(src, tgt)
-    with recording_attention(m) as layers:
+    with recording_attention(m) as record:
         out = m(src, tgt)
     torch.testing.assert_close(out, base, atol=1e-5, rtol=1e-5)
-    names = [n for n, _ in layers]
-    assert "encoder.layers.0.self_attn" in names and "decoder.layers.1.cross_attn" in names
-    w = dict(layers)["decoder.layers.1.cross_attn"].weights
+    assert "encoder.layers.0.self_attn" in record and "decoder.layers.1.cross_attn" in record
+    w = record["decoder.layers.1.cross_attn"]
     assert w.shape == (1, 4, tgt.size(1), src.size(1))
     torch.testing.assert_close(w.sum(-1), torch.ones(1, 4, tgt.size(1)))
-    dec_self = dict(layers)["decoder.layers.0.self_attn"].weights
+    dec_self = record["decoder.layers.0.self_attn"]
     assert torch.all(dec_self.triu(1) == 0)  # causal
+    m(src, tgt)  # outside the block nothing is recorded, and no module carries any recording state
+    assert record["decoder.layers.1.cross_attn"] is w
+    assert not any(hasattr(mod, "weights") or hasattr(mod, "record_weights") for mod in m.modules()
+                   if isinstance(mod, MultiHeadAttention))
+
+
+def test_recording_attention_is_private_to_its_thread():
+    """Defect: recording flipped a flag on the shared model, so a decode running in another thread at the
+    same time took the recording path and overwrote the maps. Now each thread's recording is its own."""
+    import threading
+
+    m = Transformer(tiny()).eval()
+    short = (torch.randint(4, 60, (1, 3)), torch.randint(4, 60, (1, 2)))
+    long = (torch.randint(4, 60, (1, 17)), torch.randint(4, 60, (1, 11)))
+    with recording_attention(m) as expected_short, torch.no_grad():
+        m(*short)
+    errors: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def recorder() -> None:
+        barrier.wait()
+        for _ in range(50):
+            with recording_attention(m) as rec, torch.no_grad():
+                m(*short)
+            w = rec["encoder.layers.0.self_attn"]
+            if w.shape != (1, 4, 3, 3) or not torch.equal(w, expected_short["encoder.layers.0.self_attn"]):
+                errors.append(f"got {tuple(w.shape)}")
+
+    def decoder() -> None:
+        barrier.wait()
+        for _ in range(50):
+            with torch.no_grad():
+                m(*long)
+
+    threads = [threading.Thread(target=recorder), threading.Thread(target=decoder)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
 
 
 # --- configs ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Iterator
 from torch import nn
 
 from ..config import ConfigError, ModelConfig, estimate_parameters
-from .attention import KVCache, MultiHeadAttention, attention
+from .attention import ATTENTION_RECORDER, AttentionRecord, KVCache, MultiHeadAttention, attention
 from .encoder_only import EncoderModel
 from .layers import sinusoidal_table
 from .lm import LanguageModel
@@ -92,19 +92,20 @@ def parameter_breakdown(model: nn.Module) -> "OrderedDict[str, int]":
 
 
 @contextmanager
-def recording_attention(model: nn.Module) -> Iterator[list[tuple[str, MultiHeadAttention]]]:
-    """Within the block, every attention layer uses the reference path and keeps its weights.
+def recording_attention(model: nn.Module) -> Iterator[AttentionRecord]:
+    """Within the block, forward passes of ``model`` *made by this thread or task* take the reference path
+    (equation 1 written out) and record their weights; nothing about the model changes, so other threads
+    decoding with the same model at the same time are unaffected.
 
-    Yields ``[(name, module), …]``; after a forward pass each ``module.weights`` is (B, h, T_q, T_k).
+    Yields a dict that a forward pass fills: ``{layer name: weights (B, h, T_q, T_k)}``, e.g.
+    ``"decoder.layers.1.cross_attn"``.
     """
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
-    for _, m in layers:
-        m.record_weights = True
+    record = AttentionRecord({id(m): n for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)})
+    token = ATTENTION_RECORDER.set(record)
     try:
-        yield layers
+        yield record
     finally:
-        for _, m in layers:
-            m.record_weights = False
+        ATTENTION_RECORDER.reset(token)
 
 
 def set_attention_impl(model: nn.Module, impl: str) -> None:

@@ -16,6 +16,7 @@ of the encoder output, computed once per source sentence.
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -135,6 +136,26 @@ class Rotary(nn.Module):
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
+class AttentionRecord(dict):
+    """Attention weights of one forward pass, ``{layer name: (B, h, T_q, T_k)}``, filled by the attention
+    layers of the model it was made for while it is the current recorder (see ``recording_attention``)."""
+
+    def __init__(self, names: dict[int, str]) -> None:
+        super().__init__()
+        self._names = names  # id(module) → its name in the model
+
+    def add(self, module: nn.Module, weights: Tensor) -> None:
+        name = self._names.get(id(module))
+        if name is not None:
+            self[name] = weights
+
+
+# The recorder of the running call, if any. A context variable, not a module attribute: each thread and
+# each asyncio task sees its own, so a call that records weights never changes what another call on the
+# same (shared) model computes or records.
+ATTENTION_RECORDER: ContextVar[AttentionRecord | None] = ContextVar("aiayn_attention_recorder", default=None)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention, §3.2.2: Concat(head_1, …, head_h)·W^O, head_i = Attention(QW_i^Q, KW_i^K, VW_i^V).
 
@@ -155,8 +176,6 @@ class MultiHeadAttention(nn.Module):
         self.in_proj = Linear(d_model, 3 * d_model, bias=bias)  # [W^Q; W^K; W^V] for all heads
         self.out_proj = Linear(d_model, d_model, bias=bias)  # W^O
         self.impl = "sdpa"  # "sdpa" (fast) or "reference" (equation 1, can record weights)
-        self.record_weights = False
-        self.weights: Tensor | None = None  # (B, h, T_q, T_k), set when record_weights is on
 
     def _heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
@@ -222,7 +241,8 @@ class MultiHeadAttention(nn.Module):
         # Training on a CPU also takes equation (1) as written: PyTorch's fused CPU attention has a slow
         # backward; the explicit products are faster for sentence-length sequences (a bf16 training step
         # of the shipped model's shape: 0.45 s against 0.56 s on 2 cores).
-        reference = (self.impl == "reference" or self.record_weights
+        recorder = ATTENTION_RECORDER.get()  # set by recording_attention() for this thread / task only
+        reference = (self.impl == "reference" or recorder is not None
                      or (q.requires_grad and q.device.type == "cpu" and t_k <= EXPLICIT_TRAINING_MAX_LEN))
         # A single new query with a cache sees every cached position: no mask needed. A square
         # causal pattern without other masks goes to SDPA's own causal kernel.
@@ -245,8 +265,8 @@ class MultiHeadAttention(nn.Module):
             out = out.view(n, h, groups, t_g, -1).transpose(1, 2).reshape(n * groups, h, t_g, -1)
             if weights is not None:
                 weights = weights.view(n, h, groups, t_g, t_k).transpose(1, 2).reshape(n * groups, h, t_g, t_k)
-        if self.record_weights:
-            self.weights = weights.detach()  # type: ignore[union-attr]
+        if recorder is not None:
+            recorder.add(self, weights.detach())  # type: ignore[union-attr]
         b_, h, t, dk = out.shape
         out = out.transpose(1, 2).reshape(b_, t, h * dk)  # concatenate the heads: (B, T, d)
         return self.out_proj(out)

@@ -9,6 +9,7 @@ sentence does not depend on the batch it was decoded in, so batching changes onl
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field, model_validator
@@ -26,12 +27,20 @@ STATIC = Path(__file__).parent / "static"
 
 @dataclass
 class Limits:
-    max_texts: int = 64  # texts per request
-    max_chars: int = 2000  # characters per text
-    max_beam: int = 16
-    max_new_tokens: int = 1000
-    batch_wait_ms: float = 10.0  # how long the batcher waits for more requests
+    """What one request, one batch and the whole queue may ask of the server."""
+
+    max_texts: int = 64  # texts per request (more: 413)
+    max_chars: int = 2000  # characters per text (more: 413)
+    max_tokens: int = 1024  # source tokens per text (more: 413)
+    max_beam: int = 16  # (more: 422)
+    max_request_work: int = 65536  # Σ (source tokens + 1) × beam over a request's texts (more: 413)
+    max_batch_work: int = 8192  # work decoded in one batch: large requests are split, small ones interleave
     max_batch_texts: int = 64
+    max_queue_work: int = 262144  # work waiting to be decoded; beyond it: 503 + Retry-After
+    timeout_s: float = 120.0  # a request not answered by then: 504 (its remaining texts are not decoded)
+    max_body_bytes: int = 1 << 20  # request body (more: 413, before it is read whole)
+    max_new_tokens: int = 1000  # /generate
+    batch_wait_ms: float = 10.0  # how long the batcher waits for more requests
 
 
 class TranslateRequest(BaseModel):
@@ -60,19 +69,47 @@ class GenerateRequest(BaseModel):
     temperature: float = Field(0.8, ge=0.0, le=5.0)
     top_k: int = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+
+class RequestError(Exception):
+    """A request refused before decoding, with the HTTP status that says why (413, 422, 503, 504)."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, headers
 
 
 @dataclass
 class _Job:
-    texts: list[str]
-    key: tuple  # search settings: jobs with the same key share a batch
+    """One /translate request in the queue: its encoded texts, search settings and answer."""
+
+    ids: list[list[int]]
+    key: tuple  # search settings (beam, nbest, alpha): only jobs with the same key share a batch
     future: asyncio.Future
-    t0: float = field(default_factory=time.perf_counter)
+    results: list[Any] = field(default_factory=list)
+    next: int = 0  # texts before this one are taken (decoded or in the batch being decoded)
+    done: int = 0  # texts answered
+    cancelled: bool = False
+
+    def work(self, i: int) -> int:
+        return (len(self.ids[i]) + 1) * self.key[0]
+
+    def remaining_work(self) -> int:
+        return sum(self.work(i) for i in range(self.next, len(self.ids)))
 
 
 class Service:
-    """The model, its vocabulary and the dynamic batcher."""
+    """The model, its vocabulary and the dynamic batcher.
+
+    Isolation by design: every text is encoded and checked (characters, tokens, work, encodability) when
+    its request arrives, so a bad text is refused alone (413/422) and never reaches a batch; a batch that
+    fails anyway is decoded again request by request, so only the request that breaks it fails. Large
+    requests are decoded in slices of at most ``max_batch_work``, and each batch serves the waiting
+    requests with the least work left first, so a one-word request is not stuck behind a big one. The
+    queue is bounded (503 + Retry-After beyond it), each request has a deadline (504), and attention maps
+    are recorded per call (:func:`aiayn.model.recording_attention`), never by changing the shared model.
+    """
 
     def __init__(self, model_dir: str | Path, limits: Limits | None = None, threads: int = 0) -> None:
         from ..model import count_parameters
@@ -87,65 +124,145 @@ class Service:
         self.arch = self.config["model"].get("arch", "encoder-decoder")
         self.n_params = count_parameters(self.model)
         self.limits = limits or Limits()
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self.lock = asyncio.Lock()  # one model call at a time
+        self.pending: list[_Job] = []
+        self.arrived = asyncio.Event()
+        self.lock = asyncio.Lock()  # /generate: one sampling call at a time
         self.batches = 0
+        self.draining = False  # set on shutdown: new requests get 503
         self.worker: asyncio.Task | None = None
+        self.seconds_per_work = 1e-4  # running estimate, for Retry-After
+
+    # --- admission ------------------------------------------------------------------------------
+    def queued_work(self) -> int:
+        return sum(j.remaining_work() for j in self.pending if not j.cancelled)
+
+    def overloaded(self) -> bool:
+        return self.draining or self.queued_work() >= self.limits.max_queue_work
+
+    def _encode(self, texts: list[str], beam: int) -> list[list[int]]:
+        """Check every text of a request and encode it; the first problem refuses the request (only it)."""
+        lim = self.limits
+        if self.arch != "encoder-decoder":
+            raise RequestError(400, f"this model is a {self.arch} model: use /generate")
+        if not texts:
+            raise RequestError(422, "no text to translate")
+        if len(texts) > lim.max_texts:
+            raise RequestError(413, f"{len(texts)} texts in one request; the limit is {lim.max_texts}")
+        if beam > lim.max_beam:
+            raise RequestError(422, f"beam_size {beam} exceeds the server's limit of {lim.max_beam}")
+        ids = []
+        for i, t in enumerate(texts):
+            if len(t) > lim.max_chars:
+                raise RequestError(413, f"text {i} has {len(t)} characters; the limit is {lim.max_chars}")
+            bad = next((c for c in t if "\ud800" <= c <= "\udfff" or c == "\x00"), None)
+            if bad is not None:
+                raise RequestError(422, f"text {i} contains {'a NUL character' if bad == chr(0) else 'an unpaired surrogate'} "
+                                        f"(U+{ord(bad):04X}); send valid Unicode text")
+            seq = self.vocab.encode(t.strip())
+            if len(seq) > lim.max_tokens:
+                raise RequestError(413, f"text {i} has {len(seq)} tokens; the limit is {lim.max_tokens}")
+            ids.append(seq)
+        work = sum((len(s) + 1) * beam for s in ids)
+        if work > lim.max_request_work:
+            raise RequestError(413, f"the request asks for {work:,} units of work (source tokens × beam); the limit is "
+                                    f"{lim.max_request_work:,}: send fewer texts or a smaller beam")
+        if self.overloaded():
+            raise RequestError(503, "the server is shutting down" if self.draining else "the server is overloaded; retry later",
+                               {"Retry-After": str(self.retry_after())})
+        return ids
+
+    def retry_after(self) -> int:
+        return max(1, min(60, round(self.queued_work() * self.seconds_per_work)))
 
     # --- the batcher ---------------------------------------------------------------------------
     async def run(self) -> None:
         while True:
-            job = await self.queue.get()
-            jobs = [job]
-            deadline = time.perf_counter() + self.limits.batch_wait_ms / 1000
-            n = len(job.texts)
-            while n < self.limits.max_batch_texts:
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    break
-                try:
-                    nxt = await asyncio.wait_for(self.queue.get(), left)
-                except asyncio.TimeoutError:
-                    break
-                jobs.append(nxt)
-                n += len(nxt.texts)
-            groups: dict[tuple, list[_Job]] = {}
-            for j in jobs:
-                groups.setdefault(j.key, []).append(j)
-            for key, group in groups.items():
-                await self._run_group(key, group)
+            while not any(not j.cancelled for j in self.pending):
+                self.arrived.clear()
+                await self.arrived.wait()
+            await asyncio.sleep(self.limits.batch_wait_ms / 1000)  # let a burst of requests arrive together
+            self.pending = [j for j in self.pending if not j.cancelled]
+            if not self.pending:
+                continue
+            batch = self._take_batch()
+            await self._run_batch(batch)
 
-    async def _run_group(self, key: tuple, group: list[_Job]) -> None:
-        texts = [t for j in group for t in j.texts]
-        try:
-            results = await asyncio.to_thread(self._translate, texts, *key)
-        except Exception as e:  # noqa: BLE001 - answer every waiting request, keep serving
-            for j in group:
-                if not j.future.done():
-                    j.future.set_exception(e)
+    def _take_batch(self) -> list[tuple[_Job, list[int]]]:
+        """Slices of waiting jobs for one batch: the search settings of the job with the least work left;
+        jobs with those settings, least work left first; at most ``max_batch_work`` and ``max_batch_texts``
+        (at least one text)."""
+        key = min(self.pending, key=_Job.remaining_work).key
+        jobs = sorted((j for j in self.pending if j.key == key), key=_Job.remaining_work)
+        batch: list[tuple[_Job, list[int]]] = []
+        work = texts = 0
+        for j in jobs:
+            taken = []
+            while j.next < len(j.ids) and texts < self.limits.max_batch_texts:
+                w = j.work(j.next)
+                if work and work + w > self.limits.max_batch_work:
+                    break
+                taken.append(j.next)
+                j.next += 1
+                work += w
+                texts += 1
+            if taken:
+                batch.append((j, taken))
+        self.pending = [j for j in self.pending if j.next < len(j.ids)]
+        return batch
+
+    async def _run_batch(self, batch: list[tuple[_Job, list[int]]]) -> None:
+        if not batch:
             return
+        key = batch[0][0].key
+        ids = [j.ids[i] for j, idx in batch for i in idx]
+        t0 = time.perf_counter()
+        try:
+            results = await asyncio.to_thread(self._translate, ids, *key)
+        except Exception:  # noqa: BLE001 - find the request that broke the batch: decode each alone
+            if len(batch) == 1:
+                results = None
+            else:
+                for part in batch:
+                    await self._run_batch([part])
+                return
         self.batches += 1
-        i = 0
-        for j in group:
-            if not j.future.done():
-                j.future.set_result(results[i : i + len(j.texts)])
-            i += len(j.texts)
+        work = sum((len(s) + 1) * key[0] for s in ids)
+        self.seconds_per_work = 0.8 * self.seconds_per_work + 0.2 * (time.perf_counter() - t0) / max(work, 1)
+        k = 0
+        for j, idx in batch:
+            if results is None:
+                _answer(j, exc=RuntimeError("decoding failed for this request"))
+                continue
+            j.results[idx[0] : idx[-1] + 1] = results[k : k + len(idx)]
+            k += len(idx)
+            j.done += len(idx)
+            if j.done == len(j.ids):
+                _answer(j, result=j.results)
 
-    def _translate(self, texts: list[str], beam: int, nbest: int, alpha: float) -> list[list[dict]]:
+    def _translate(self, ids: list[list[int]], beam: int, nbest: int, alpha: float) -> list[list[dict]]:
         from ..decode.translate import DecodeConfig, Translator
 
-        cfg = DecodeConfig(beam=beam, nbest=nbest, alpha=alpha)
-        hyps = Translator(self.model, self.vocab, cfg).translate_ids(self.vocab.encode_batch([t.strip() for t in texts]))
+        cfg = DecodeConfig(beam=beam, nbest=nbest, alpha=alpha, max_input_tokens=self.limits.max_tokens)
+        hyps = Translator(self.model, self.vocab, cfg).translate_ids(ids)
         return [[{"translation": self.vocab.decode(h.tokens), "score": round(h.score, 4), "tokens": h.tokens} for h in hs]
                 for hs in hyps]
 
     async def translate(self, req: TranslateRequest) -> dict[str, Any]:
         texts = req.items()
-        self._check(texts, req.beam_size)
+        ids = self._encode(texts, req.beam_size)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         t0 = time.perf_counter()
-        await self.queue.put(_Job(texts, (req.beam_size, req.nbest, req.alpha), fut))
-        results = await fut
+        job = _Job(ids, (req.beam_size, req.nbest, req.alpha), fut, results=[None] * len(ids))
+        self.pending.append(job)
+        self.arrived.set()
+        try:
+            results = await asyncio.wait_for(asyncio.shield(fut), self.limits.timeout_s)
+        except asyncio.TimeoutError:
+            job.cancelled = True
+            raise RequestError(504, f"not answered within {self.limits.timeout_s:g} s (the server is busy); retry later") from None
+        except asyncio.CancelledError:  # the client went away: don't decode the rest for nobody
+            job.cancelled = True
+            raise
         out = []
         for text, hyps in zip(texts, results):
             item: dict[str, Any] = {"source": text, "translation": hyps[0]["translation"]}
@@ -164,29 +281,19 @@ class Service:
         return {"src_tokens": m["src"], "tgt_tokens": m["tgt"], "encoder": rnd(m["encoder"]),
                 "decoder": rnd(m["decoder"]), "cross": rnd(m["cross"])}
 
-    def _check(self, texts: list[str], beam: int) -> None:
-        lim = self.limits
-        if self.arch != "encoder-decoder":
-            raise HTTPException(400, f"this model is a {self.arch} model: use /generate")
-        if not texts:
-            raise HTTPException(422, "no text to translate")
-        if len(texts) > lim.max_texts:
-            raise HTTPException(413, f"{len(texts)} texts in one request; the limit is {lim.max_texts}")
-        for i, t in enumerate(texts):
-            if len(t) > lim.max_chars:
-                raise HTTPException(413, f"text {i} has {len(t)} characters; the limit is {lim.max_chars}")
-        if beam > lim.max_beam:
-            raise HTTPException(422, f"beam_size {beam} exceeds the server's limit of {lim.max_beam}")
-
     async def generate(self, req: GenerateRequest) -> dict[str, Any]:
         from ..decode.sampling import SampleConfig, generate_text
 
         if self.arch != "decoder-only":
-            raise HTTPException(400, f"this model is a {self.arch} model: use /translate")
+            raise RequestError(400, f"this model is a {self.arch} model: use /translate")
         if len(req.prompt) > self.limits.max_chars:
-            raise HTTPException(413, f"the prompt has {len(req.prompt)} characters; the limit is {self.limits.max_chars}")
+            raise RequestError(413, f"the prompt has {len(req.prompt)} characters; the limit is {self.limits.max_chars}")
+        if any("\ud800" <= c <= "\udfff" for c in req.prompt):
+            raise RequestError(422, "the prompt contains an unpaired surrogate; send valid Unicode text")
         if req.max_new_tokens > self.limits.max_new_tokens:
-            raise HTTPException(422, f"max_new_tokens {req.max_new_tokens} exceeds the limit of {self.limits.max_new_tokens}")
+            raise RequestError(422, f"max_new_tokens {req.max_new_tokens} exceeds the limit of {self.limits.max_new_tokens}")
+        if self.draining:
+            raise RequestError(503, "the server is shutting down", {"Retry-After": "5"})
         cfg = SampleConfig(req.max_new_tokens, req.temperature, req.top_k, req.top_p, req.seed)
         async with self.lock:
             text = await asyncio.to_thread(generate_text, self.model, self.vocab, req.prompt, cfg)
@@ -198,6 +305,57 @@ class Service:
                 "step": self.config.get("step"), "limits": self.limits.__dict__}
 
 
+def _answer(job: _Job, result: Any = None, exc: BaseException | None = None) -> None:
+    if job.future.done():
+        return
+    if exc is not None:
+        job.future.set_exception(exc)
+    else:
+        job.future.set_result(result)
+    job.next = len(job.ids)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets 413 as soon as that is known (from
+    Content-Length, or while a chunked body streams in), before it is buffered whole."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await _too_large(send, self.max_bytes)
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLarge:
+            await _too_large(send, self.max_bytes)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Any, max_bytes: int) -> None:
+    body = json.dumps({"detail": f"request body over {max_bytes:,} bytes"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 def create_app(model_dir: str | Path, limits: Limits | None = None, threads: int = 0) -> FastAPI:
     service = Service(model_dir, limits, threads)
 
@@ -205,19 +363,41 @@ def create_app(model_dir: str | Path, limits: Limits | None = None, threads: int
     async def lifespan(app: FastAPI):  # noqa: ANN202
         service.worker = asyncio.create_task(service.run())
         yield
+        # uvicorn has stopped accepting connections and let in-flight requests finish (SIGTERM, Ctrl-C).
+        service.draining = True
         service.worker.cancel()
 
     app = FastAPI(title="aiayn", description="Translate (and generate) with an aiayn model.", lifespan=lifespan)
     app.state.service = service
+    app.add_middleware(BodyLimit, max_bytes=service.limits.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
         return JSONResponse(status_code=422, content={"detail": errors})
 
+    @app.exception_handler(RequestError)
+    async def refused(request: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"detail": exc.detail}, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:  # one request's failure, never the server's
+        return JSONResponse(status_code=500, content={"detail": f"internal error: {type(exc).__name__}: {exc}"})
+
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> dict[str, Any]:
+        """Alive; with the queue's state (texts and work waiting, batches run)."""
+        live = [j for j in service.pending if not j.cancelled]
+        return {"status": "ok", "queued_requests": len(live), "queued_texts": sum(len(j.ids) - j.next for j in live),
+                "queued_work": service.queued_work(), "max_queue_work": service.limits.max_queue_work,
+                "batches": service.batches, "draining": service.draining}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """200 when a new request would be accepted now; 503 while overloaded or shutting down."""
+        ok = not service.overloaded()
+        return JSONResponse(status_code=200 if ok else 503, content={"ready": ok, "queued_work": service.queued_work()},
+                            headers=None if ok else {"Retry-After": str(service.retry_after())})
 
     @app.get("/info")
     async def info() -> dict[str, Any]:
@@ -241,4 +421,7 @@ def create_app(model_dir: str | Path, limits: Limits | None = None, threads: int
 def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, threads: int = 0, limits: Limits | None = None) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(model_dir, limits, threads), host=host, port=port, log_level="info")
+    # On SIGTERM or Ctrl-C uvicorn stops accepting connections, lets in-flight requests finish (up to
+    # timeout_graceful_shutdown seconds), then runs the app's shutdown.
+    uvicorn.run(create_app(model_dir, limits, threads), host=host, port=port, log_level="info",
+                timeout_graceful_shutdown=(limits or Limits()).timeout_s)
