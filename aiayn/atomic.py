@@ -75,7 +75,10 @@ def recover(final: str | Path) -> None:
             os.replace(saved, final)
         shutil.rmtree(old, ignore_errors=True)
     for tmp in _orphans(final, "tmp"):
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
 
 
 def _listing(directory: Path) -> dict | None:
@@ -230,7 +233,8 @@ def _fsync_dir(directory: Path) -> None:
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Replace the file ``path`` with ``text`` so that a reader sees the old content or the new."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    recover(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

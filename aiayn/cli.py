@@ -115,28 +115,36 @@ def _load(path: str, device: str = "cpu"):  # noqa: ANN202
 
 
 def cmd_translate(a: argparse.Namespace) -> None:
-    from .decode.translate import Translator
+    from .data.corpus import input_lines
+    from .decode.translate import BadInput, Translator
 
     _threads(a.threads)
     model, vocab, config = _load(a.model)
     if config["model"].get("arch", "encoder-decoder") != "encoder-decoder":
         _die(f"{a.model} is a {config['model']['arch']} model; use `aiayn generate` for language models")
+    if a.chunk < 1:
+        _die(f"--chunk {a.chunk}: must be at least 1")
     tr = Translator(model, vocab, _decode_cfg(a))
-    src = open(a.input, encoding="utf-8", errors="strict") if a.input else sys.stdin
+    name = a.input or "stdin"
+    src = open(a.input, "rb") if a.input else sys.stdin.buffer
     dst = open(a.output, "w", encoding="utf-8") if a.output else sys.stdout
     try:
-        lines = src if not a.input else _progress(src, a.input)
+        lines = input_lines(src if not a.input else _progress(src, a.input))
         if a.nbest > 1:
-            for i, hyps in enumerate(tr.translate_nbest([line.rstrip("\n") for line in lines])):
+            for i, hyps in enumerate(tr.translate_nbest_stream(lines, a.chunk, a.skip_invalid)):
                 for text, score in hyps:
                     dst.write(f"{i}\t{score:.4f}\t{text}\n")
         else:
-            for out in tr.stream(lines, chunk=a.chunk):
+            for out in tr.stream(lines, chunk=a.chunk, skip_invalid=a.skip_invalid):
                 dst.write(out + "\n")
                 dst.flush()
-    except UnicodeDecodeError as e:
-        _die(f"{a.input or 'stdin'}: invalid UTF-8 ({e.reason})")
+    except BadInput as e:
+        dst.flush()
+        _die(f"{name}:{e.line}: {e.reason} (the lines before it were translated; --skip-invalid writes an empty "
+             "line in place of such a line and goes on)")
     finally:
+        if a.input:
+            src.close()
         if a.output:
             dst.close()
 
@@ -149,6 +157,14 @@ def _progress(f, name: str):  # noqa: ANN001, ANN202
 
 # --- evaluate ----------------------------------------------------------------------------------
 def cmd_evaluate(a: argparse.Namespace) -> None:
+    if a.limit < 0:
+        _die(f"--limit {a.limit}: must be 0 (all) or more")
+    if a.block_size < 0:
+        _die(f"--block-size {a.block_size}: must be 0 (the model's) or more")
+    if not 0.0 <= a.tail_fraction < 1.0:
+        _die(f"--tail-fraction {a.tail_fraction}: must be in [0, 1)")
+    if a.output and Path(a.output).is_dir():
+        _die(f"--output {a.output}: is a directory; give a file name for the translations")
     _threads(a.threads)
     model, vocab, config = _load(a.model)
     arch = config["model"].get("arch", "encoder-decoder")
@@ -190,7 +206,12 @@ def cmd_generate(a: argparse.Namespace) -> None:
         _die(f"{a.model} is not a language model (arch {config['model'].get('arch')}); use `aiayn translate`")
     if a.prompt is not None and a.prompt_file:
         _die("give --prompt or --prompt-file, not both")
-    prompt = Path(a.prompt_file).read_text(encoding="utf-8") if a.prompt_file else (a.prompt or "")
+    if a.num_samples < 1:
+        _die(f"--num-samples {a.num_samples}: must be at least 1")
+    try:
+        prompt = Path(a.prompt_file).read_text(encoding="utf-8") if a.prompt_file else (a.prompt or "")
+    except UnicodeDecodeError as e:
+        _die(f"{a.prompt_file}: invalid UTF-8 ({e.reason} at byte {e.start})")
     cfg = SampleConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)
     for i in range(a.num_samples):
         text = generate_text(model, vocab, prompt, cfg, stop=a.stop)
@@ -330,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o")
     p.add_argument("--nbest", type=int, default=1, help="write the n best as 'line<TAB>score<TAB>text'")
     p.add_argument("--chunk", type=int, default=256, help="lines read before translating (streaming)")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="an input line that cannot be translated (invalid UTF-8, NUL, too long) becomes an empty "
+                        "output line and a warning, instead of an error")
     _decode_args(p)
     p.set_defaults(func=cmd_translate)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 
 class CorpusError(ValueError):
@@ -41,6 +41,17 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             if "\x00" in text:
                 raise CorpusError(f"{path}:{n}: NUL byte at character {text.index(chr(0)) + 1} (a binary file, or text in UTF-16?)")
             yield n, text.rstrip("\r\n")
+
+
+def input_lines(f: BinaryIO) -> Iterator[str | CorpusError]:
+    """Lines of a binary stream for translation, split at ``\n`` only (a lone ``\r`` stays inside its
+    line, so outputs stay aligned with inputs; a CRLF ending is removed). A line that is not UTF-8 is
+    yielded as a :class:`CorpusError` in its place, so that the caller decides: stop, or skip it."""
+    for raw in f:
+        try:
+            yield raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
+        except UnicodeDecodeError as e:
+            yield CorpusError(f"invalid UTF-8 ({e.reason} at byte {e.start})")
 
 
 def read_tsv(path: Path) -> Iterator[Pair]:

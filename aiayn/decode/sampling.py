@@ -24,6 +24,18 @@ class SampleConfig:
     top_p: float = 1.0  # 1 = off
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max-new-tokens must not be negative, got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must not be negative, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top-k must not be negative, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top-p must be in (0, 1], got {self.top_p} (1 = off)")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2^63), got {self.seed}")
+
 
 def _pick(logits: Tensor, cfg: SampleConfig, gen: torch.Generator | None) -> Tensor:
     """logits (B, V) → next token (B,)."""
@@ -82,6 +94,8 @@ def generate_uncached(model, prompt: Tensor, cfg: SampleConfig, block_size: int 
 
 def generate_text(model, vocab, prompt: str, cfg: SampleConfig, stop: list[str] | None = None) -> str:  # noqa: ANN001
     """Continue ``prompt``; the text is cut before the first stop string, if any appears."""
+    if any(not s for s in stop or []):
+        raise ValueError("a stop string must not be empty")
     ids = vocab.encode(prompt) or [EOS_ID]  # an empty prompt starts from </s> (a document boundary)
     out = generate(model, torch.tensor([ids]), cfg)[0, len(ids) :].tolist()
     text = vocab.decode(out)

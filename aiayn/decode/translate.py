@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -9,6 +10,8 @@ import torch
 
 from ..data.batching import source_tensor
 from .search import Hypothesis, beam_search, greedy_search, max_lengths
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,9 +27,25 @@ class DecodeConfig:
     max_input_tokens: int = 1024  # longer inputs are an error
     compute_type: str = "float32"  # or "bfloat16", "int8" (CPU): see aiayn.model.quantize
 
+    def __post_init__(self) -> None:
+        for name in ("beam", "nbest", "max_tokens", "max_input_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_len_a", "max_len_b", "alpha"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+
 
 class InputTooLong(ValueError):
     pass
+
+
+class BadInput(ValueError):
+    """An input line that cannot be translated; ``line`` is its 1-based number in the input."""
+
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(f"line {line}: {reason}")
+        self.line, self.reason = line, reason
 
 
 class Translator:
@@ -87,13 +106,60 @@ class Translator:
         hyps = self.translate_ids(self.vocab.encode_batch([t.strip() for t in texts]))
         return [[(self.vocab.decode(h.tokens), h.score) for h in hs] for hs in hyps]
 
-    def stream(self, lines: Iterable[str], chunk: int = 256) -> Iterator[str]:
-        """Translate a stream chunk by chunk, yielding one output per input line, in order."""
-        buf: list[str] = []
-        for line in lines:
-            buf.append(line.rstrip("\n"))
+    def check(self, text: str) -> list[int]:
+        """Token ids of one input, or :class:`ValueError` saying why it cannot be translated."""
+        bad = next((c for c in text if c == "\x00" or "\ud800" <= c <= "\udfff"), None)
+        if bad is not None:
+            raise ValueError("a NUL byte" if bad == "\x00" else f"an unpaired surrogate U+{ord(bad):04X}")
+        ids = self.vocab.encode(text.strip())
+        if len(ids) > self.cfg.max_input_tokens:
+            raise ValueError(f"{len(ids)} tokens, more than max_input_tokens={self.cfg.max_input_tokens}")
+        return ids
+
+    def stream(self, lines: Iterable[str | BaseException], chunk: int = 256, skip_invalid: bool = False) -> Iterator[str]:
+        """Translate a stream chunk by chunk, yielding one output per input line, in order.
+
+        An item that is an exception (a line that could not be read) or a line that cannot be translated
+        raises :class:`BadInput` with its line number, after every line before it has been yielded; with
+        ``skip_invalid`` it yields an empty line in its place instead, and logs a warning.
+        """
+        for buf in self._checked_chunks(lines, chunk, skip_invalid):
+            for hyps in self._decoded(buf):
+                yield "" if hyps is None else self.vocab.decode(hyps[0].tokens)
+
+    def translate_nbest_stream(self, lines: Iterable[str | BaseException], chunk: int = 256,
+                               skip_invalid: bool = False) -> Iterator[list[tuple[str, float]]]:
+        """:meth:`stream` with the n best (text, score) per line; a skipped line gives an empty list."""
+        for buf in self._checked_chunks(lines, chunk, skip_invalid):
+            for hyps in self._decoded(buf):
+                yield [] if hyps is None else [(self.vocab.decode(h.tokens), h.score) for h in hyps]
+
+    def _checked_chunks(self, lines: Iterable[str | BaseException], chunk: int,
+                        skip_invalid: bool) -> Iterator[list[list[int] | None]]:
+        """Chunks of token ids, None in place of a line skipped; a bad line raises :class:`BadInput`
+        once the chunk before it has been handed out."""
+        buf: list[list[int] | None] = []
+        for n, line in enumerate(lines, 1):
+            try:
+                if isinstance(line, BaseException):
+                    raise ValueError(str(line))
+                ids: list[int] | None = self.check(line)
+            except ValueError as e:
+                if not skip_invalid:
+                    if buf:
+                        yield buf
+                    raise BadInput(n, str(e)) from None
+                log.warning("line %d: %s; writing an empty line in its place", n, e)
+                ids = None
+            buf.append(ids)
             if len(buf) >= chunk:
-                yield from self.translate(buf)
+                yield buf
                 buf = []
         if buf:
-            yield from self.translate(buf)
+            yield buf
+
+    def _decoded(self, buf: list[list[int] | None]) -> Iterator[list[Hypothesis] | None]:
+        todo = [ids for ids in buf if ids is not None]
+        hyps = iter(self.translate_ids(todo) if todo else [])
+        for ids in buf:
+            yield None if ids is None else next(hyps)
