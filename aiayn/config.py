@@ -199,6 +199,8 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
         return [_coerce(name, args[0], v) for v in value] if args else list(value)
     if hint is bool:
         if isinstance(value, bool):
@@ -231,7 +233,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - known)
+    unknown = sorted(map(str, set(data) - known))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
     kwargs = {k: _coerce(f"{where}.{k}", hints[k], v) for k, v in data.items()}
@@ -244,7 +246,7 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 def preset(name: str, **overrides: Any) -> ModelConfig:
     """A named preset with optional overrides, e.g. ``preset("paper-base", vocab_size=8000)``."""
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
     return from_dict(ModelConfig, {**PRESETS[name], **overrides}, where=f"preset {name}")
 

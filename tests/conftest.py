@@ -8,6 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
+try:  # property tests: quick by default, deeper with --hypothesis-profile=long
+    from hypothesis import settings
+
+    settings.register_profile("aiayn", max_examples=40, deadline=None)
+    settings.register_profile("long", max_examples=2000, deadline=None)
+    settings.load_profile("aiayn")
+except ImportError:
+    pass
+
 # Tiny models run fastest on one thread, and two test processes (the DDP test) must not oversubscribe.
 torch.set_num_threads(1)
 

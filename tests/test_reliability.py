@@ -356,3 +356,42 @@ def test_prepare_with_changed_inputs_needs_overwrite(tmp_path):
     write_tsv(train_tsv, make_pairs(90, seed=5))
     with pytest.raises(OutputError, match="--overwrite"):
         prepare(cfg)
+
+
+# --- 5. several processes, one clock ------------------------------------------------------------------
+SKEWED_CLOCK = r"""
+import os, sys, time
+if os.environ.get("RANK") == "1":  # this process's clock runs 5x fast: it alone would think time is up early
+    from aiayn.train import loop
+    real = time.perf_counter
+    start = real()
+    class FastClock:
+        def __getattr__(self, name):
+            return getattr(time, name)
+        @staticmethod
+        def perf_counter():
+            return start + 5 * (real() - start)
+    loop.time = FastClock()
+from aiayn.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_a_time_budget_under_torchrun_is_decided_by_one_process(toy_data, tmp_path):
+    """Defect: each process decided from its own clock when max_minutes was over (and computed a time-driven
+    learning rate from it), so processes could stop after different steps and hang. Rank 0 decides."""
+    script = tmp_path / "skewed.py"
+    script.write_text(SKEWED_CLOCK)
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+                        "train", "--set", "model.preset=tiny", "model.d_model=32", "model.d_ff=64", f"train.data={toy_data}",
+                        f"train.out={out}", "train.max_minutes=0.05", "train.lr_schedule=cosine", "train.warmup=2",
+                        "train.max_tokens=300", "train.eval_bleu_sentences=0", "train.threads=1", "train.log_every=1",
+                        "train.eval_every=100000", "train.save_every=100000"],
+                       env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["elapsed"] >= 3.0  # rank 0's 3 seconds, not rank 1's fast clock
+    latest = json.loads((out / "checkpoints" / "latest.json").read_text())
+    assert latest["step"] == summary["step"] > 1

@@ -139,7 +139,7 @@ def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | 
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping with 'model' and 'train' sections")
     raw = merge(raw, overrides or {})
-    unknown = sorted(set(raw) - {"model", "train"})
+    unknown = sorted(map(str, set(raw) - {"model", "train"}))
     if unknown:
         raise ConfigError(f"{path or 'config'}: unknown section(s) {', '.join(unknown)}; sections: model, train")
     model_raw = dict(raw.get("model") or {})
