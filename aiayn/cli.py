@@ -248,8 +248,13 @@ def cmd_serve(a: argparse.Namespace) -> None:
         _die(f"serving needs FastAPI and uvicorn: pip install 'aiayn[serve]' ({e})")
     if a.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: reachable from other machines", a.host)
-    serve(a.model, a.host, a.port, a.threads, Limits(max_texts=a.max_texts, max_chars=a.max_chars, max_beam=a.max_beam,
-                                                     batch_wait_ms=a.batch_wait_ms))
+    limits = Limits(max_texts=a.max_texts, max_chars=a.max_chars, max_tokens=a.max_tokens, max_beam=a.max_beam,
+                    max_request_work=a.max_request_work, max_batch_work=a.max_batch_work, max_queue_work=a.max_queue_work,
+                    timeout_s=a.timeout, max_body_bytes=a.max_body_bytes, batch_wait_ms=a.batch_wait_ms)
+    for name, value in limits.__dict__.items():
+        if not value > 0:
+            _die(f"--{name.replace('_', '-')} must be positive, got {value}")
+    serve(a.model, a.host, a.port, a.threads, limits)
 
 
 # --- export ------------------------------------------------------------------------------------
@@ -407,7 +412,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--max-texts", type=int, default=64, help="texts per request (more: 413)")
     p.add_argument("--max-chars", type=int, default=2000, help="characters per text (more: 413)")
+    p.add_argument("--max-tokens", type=int, default=1024, help="source tokens per text (more: 413)")
     p.add_argument("--max-beam", type=int, default=16, help="largest beam a request may ask for (more: 422)")
+    p.add_argument("--max-request-work", type=int, default=65536,
+                   help="work per request: sum over its texts of (source tokens + 1) x beam (more: 413)")
+    p.add_argument("--max-batch-work", type=int, default=8192,
+                   help="work per decoding batch: larger requests are decoded in slices, small ones go first")
+    p.add_argument("--max-queue-work", type=int, default=262144, help="work waiting in the queue (more: 503 + Retry-After)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds a request may wait for its answer (then 504)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body size (more: 413)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long requests wait to be batched together")
     p.set_defaults(func=cmd_serve)
 

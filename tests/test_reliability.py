@@ -259,6 +259,11 @@ def _check_resumed_run(out: Path, reference: Path) -> None:
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if r["kind"] == "train"]
     assert steps == list(range(1, 9)), steps  # every step once, in order
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()  # TensorBoard's own reader, which honours the purge written on resume
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 9))
     for ck in (out / "checkpoints").glob("step_*"):
         load_model_dir(ck)
     assert not [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]

@@ -206,3 +206,65 @@ def test_a_request_past_its_deadline_gets_504(model_dir):
 
     r = asyncio.run(_with_client(model_dir, Limits(timeout_s=0.001, batch_wait_ms=50), body))
     assert r.status_code == 504 and "not answered" in r.json()["detail"]
+
+
+def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(tmp_path):
+    """`aiayn serve` under SIGTERM (what systemd, Docker and Kubernetes send): the request being decoded
+    is answered in full, new connections are refused, the process exits 0."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "aiayn", "serve", "--model", str(root / "models" / "bible-es-en"),
+                             "--port", str(port), "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        texts = [f"Y dijo Dios: Sea la luz número {i}; y fue la luz, y vio Dios que la luz era buena." for i in range(48)]
+        answer: dict = {}
+
+        def long_request() -> None:
+            req = urllib.request.Request(url + "/translate", json.dumps({"texts": texts, "beam_size": 16}).encode(),
+                                         {"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=300) as r:
+                answer["status"], answer["body"] = r.status, json.loads(r.read())
+            answer["at"] = time.time()
+
+        t = threading.Thread(target=long_request)
+        t.start()
+        deadline = time.time() + 60
+        while time.time() < deadline:  # wait until the request is being decoded
+            health = json.loads(urllib.request.urlopen(url + "/health", timeout=5).read())
+            if health["unanswered_requests"]:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.time()
+        time.sleep(0.3)
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+            urllib.request.urlopen(url + "/health", timeout=5)
+        t.join(timeout=300)
+        assert answer.get("status") == 200 and len(answer["body"]["translations"]) == len(texts)
+        assert answer["at"] > signalled + 0.3  # it was in flight when the signal came
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -124,7 +124,8 @@ class Service:
         self.arch = self.config["model"].get("arch", "encoder-decoder")
         self.n_params = count_parameters(self.model)
         self.limits = limits or Limits()
-        self.pending: list[_Job] = []
+        self.pending: list[_Job] = []  # jobs with texts not yet taken into a batch
+        self.unanswered = 0  # requests accepted and not yet answered (waiting or being decoded)
         self.arrived = asyncio.Event()
         self.lock = asyncio.Lock()  # /generate: one sampling call at a time
         self.batches = 0
@@ -255,6 +256,7 @@ class Service:
         job = _Job(ids, (req.beam_size, req.nbest, req.alpha), fut, results=[None] * len(ids))
         self.pending.append(job)
         self.arrived.set()
+        self.unanswered += 1
         try:
             results = await asyncio.wait_for(asyncio.shield(fut), self.limits.timeout_s)
         except asyncio.TimeoutError:
@@ -263,6 +265,8 @@ class Service:
         except asyncio.CancelledError:  # the client went away: don't decode the rest for nobody
             job.cancelled = True
             raise
+        finally:
+            self.unanswered -= 1
         out = []
         for text, hyps in zip(texts, results):
             item: dict[str, Any] = {"source": text, "translation": hyps[0]["translation"]}
@@ -388,7 +392,7 @@ def create_app(model_dir: str | Path, limits: Limits | None = None, threads: int
     async def health() -> dict[str, Any]:
         """Alive; with the queue's state (texts and work waiting, batches run)."""
         live = [j for j in service.pending if not j.cancelled]
-        return {"status": "ok", "queued_requests": len(live), "queued_texts": sum(len(j.ids) - j.next for j in live),
+        return {"status": "ok", "unanswered_requests": service.unanswered, "queued_requests": len(live), "queued_texts": sum(len(j.ids) - j.next for j in live),
                 "queued_work": service.queued_work(), "max_queue_work": service.limits.max_queue_work,
                 "batches": service.batches, "draining": service.draining}
 

@@ -455,7 +455,7 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step: events at or after it (written before a kill, after the checkpoint) are dropped.
-            self.tb = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1 if self.step else None)
+            self.tb = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1)
         except ImportError:  # TensorBoard is optional
             log.info("tensorboard is not installed: no TensorBoard events")
 
