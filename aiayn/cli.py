@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-beam", type=int, default=16, help="largest beam a request may ask for (more: 422)")
     p.add_argument("--max-request-work", type=int, default=65536,
                    help="work per request: sum over its texts of (source tokens + 1) x beam (more: 413)")
-    p.add_argument("--max-batch-work", type=int, default=8192,
+    p.add_argument("--max-batch-work", type=int, default=4096,
                    help="work per decoding batch: larger requests are decoded in slices, small ones go first")
     p.add_argument("--max-queue-work", type=int, default=262144, help="work waiting in the queue (more: 503 + Retry-After)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds a request may wait for its answer (then 504)")

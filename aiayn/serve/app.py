@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ class Limits:
     max_tokens: int = 1024  # source tokens per text (more: 413)
     max_beam: int = 16  # (more: 422)
     max_request_work: int = 65536  # Σ (source tokens + 1) × beam over a request's texts (more: 413)
-    max_batch_work: int = 8192  # work decoded in one batch: large requests are split, small ones interleave
+    max_batch_work: int = 4096  # work decoded in one batch: large requests are split, small ones interleave
     max_batch_texts: int = 64
     max_queue_work: int = 262144  # work waiting to be decoded; beyond it: 503 + Retry-After
     timeout_s: float = 120.0  # a request not answered by then: 504 (its remaining texts are not decoded)
@@ -132,6 +133,13 @@ class Service:
         self.draining = False  # set on shutdown: new requests get 503
         self.worker: asyncio.Task | None = None
         self.seconds_per_work = 1e-4  # running estimate, for Retry-After
+        # Every model call runs on this one thread: calls never compete for the cores, and the memory
+        # allocator keeps one arena's peak (aiayn.runtime.keep_freed_memory) instead of one per thread.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aiayn-model")
+
+    async def call(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)`` on the model thread without blocking the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     # --- admission ------------------------------------------------------------------------------
     def queued_work(self) -> int:
@@ -218,7 +226,7 @@ class Service:
         ids = [j.ids[i] for j, idx in batch for i in idx]
         t0 = time.perf_counter()
         try:
-            results = await asyncio.to_thread(self._translate, ids, *key)
+            results = await self.call(self._translate, ids, *key)
         except Exception:  # noqa: BLE001 - find the request that broke the batch: decode each alone
             if len(batch) == 1:
                 results = None
@@ -273,7 +281,7 @@ class Service:
             if req.nbest > 1:
                 item["nbest"] = [{"translation": h["translation"], "score": h["score"]} for h in hyps]
             if req.return_attention:
-                item["attention"] = await asyncio.to_thread(self._attention, text, hyps[0]["tokens"])
+                item["attention"] = await self.call(self._attention, text, hyps[0]["tokens"])
             out.append(item)
         return {"translations": out, "milliseconds": round(1000 * (time.perf_counter() - t0), 1)}
 
@@ -300,7 +308,7 @@ class Service:
             raise RequestError(503, "the server is shutting down", {"Retry-After": "5"})
         cfg = SampleConfig(req.max_new_tokens, req.temperature, req.top_k, req.top_p, req.seed)
         async with self.lock:
-            text = await asyncio.to_thread(generate_text, self.model, self.vocab, req.prompt, cfg)
+            text = await self.call(generate_text, self.model, self.vocab, req.prompt, cfg)
         return {"prompt": req.prompt, "text": text}
 
     def info(self) -> dict[str, Any]:
@@ -370,6 +378,7 @@ def create_app(model_dir: str | Path, limits: Limits | None = None, threads: int
         # uvicorn has stopped accepting connections and let in-flight requests finish (SIGTERM, Ctrl-C).
         service.draining = True
         service.worker.cancel()
+        service.executor.shutdown(wait=False)
 
     app = FastAPI(title="aiayn", description="Translate (and generate) with an aiayn model.", lifespan=lifespan)
     app.state.service = service

@@ -1,0 +1,29 @@
+"""What machine a benchmark ran on: CPU model, the ISA features that decide the fast paths, threads."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu() -> dict:
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and ":" in line:
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and ":" in line:
+                    flags = set(line.split(":", 1)[1].split())
+                if name and flags:
+                    break
+    except OSError:
+        pass
+    return {"cpu": name, "features": [f for f in FEATURES if f in flags], "cores": os.cpu_count()}
+
+
+def describe() -> str:
+    c = cpu()
+    return f"{c['cpu']} ({c['cores']} cores; {' '.join(c['features']) or 'no AVX2/AVX-512/AMX'})"
