@@ -199,7 +199,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10, help="requests per small client")
     ap.add_argument("--max-queue-work", type=int, default=20000, help="the server's queue bound (small, to reach overload)")
     ap.add_argument("--max-batch-work", type=int, default=4096, help="the server's work per batch")
-    ap.add_argument("--repeat", type=int, default=3, help="chaos rounds against the same server (RSS after each)")
+    ap.add_argument("--repeat", type=int, default=6, help="chaos rounds against the same server (RSS after each)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_chaos.json"))
     args = ap.parse_args()
     from aiayn.evaluate import read_test_pairs
