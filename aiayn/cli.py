@@ -452,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         a.func(a)
-    except (ConfigError, CorpusError, CheckpointError, ValueError) as e:
+    except (ConfigError, CorpusError, CheckpointError, ValueError, FloatingPointError) as e:
         _die(str(e))
     except BrokenPipeError:
         pass

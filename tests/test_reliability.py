@@ -400,3 +400,36 @@ def test_a_time_budget_under_torchrun_is_decided_by_one_process(toy_data, tmp_pa
     assert summary["elapsed"] >= 3.0  # rank 0's 3 seconds, not rank 1's fast clock
     latest = json.loads((out / "checkpoints" / "latest.json").read_text())
     assert latest["step"] == summary["step"] > 1
+
+
+def test_more_bad_arguments_are_one_line_errors(small_run, tmp_path):
+    model = str(small_run / "checkpoints" / "step_0000004")
+    r = subprocess.run([sys.executable, "-m", "aiayn", "translate", "--model", model, "--beam", "1"],
+                       input=b"la casa\n\xc3\x28 bad\n", capture_output=True, env=ENV, cwd=ROOT)
+    assert r.returncode == 2 and b"stdin:2: invalid UTF-8" in r.stderr and len(r.stdout.splitlines()) == 1
+    assert aiayn("evaluate", "--model", model, "--test", "x", "--block-size", "-5", check=False).returncode == 2
+    no_model = tmp_path / "nomodel"
+    no_model.mkdir()
+    (no_model / "config.json").write_text('{"format": "aiayn-model/1"}')
+    r = aiayn("average", str(no_model), "--out", str(tmp_path / "avg"), check=False)
+    assert r.returncode == 2 and '"model"' in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sampling_options_are_checked():
+    from aiayn.decode.sampling import SampleConfig, generate_text
+
+    for kw in ({"top_p": 0.0}, {"top_p": 1.5}, {"temperature": -1.0}, {"top_k": -1}, {"seed": 2**63}):
+        with pytest.raises(ValueError):
+            SampleConfig(**kw)
+    with pytest.raises(ValueError, match="stop"):
+        generate_text(None, None, "x", SampleConfig(), stop=[""])
+
+
+def test_non_finite_activations_stop_decoding_with_an_error(small_run):
+    from aiayn.decode.translate import Translator
+
+    model, vocab, _ = load_model_dir(small_run / "checkpoints" / "step_0000004")
+    with torch.no_grad():
+        model.output.tied.weight.mul_(1e38)  # finite weights, infinite logits
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        Translator(model, vocab).translate(["la casa"])

@@ -37,6 +37,8 @@ def _next_token_scores(model, tokens: Tensor, state) -> tuple[Tensor, Tensor]:  
     """
     logits = model.step(tokens, state)[:, -1].float()  # (rows, V)
     lse = logits.logsumexp(-1, keepdim=True)  # (rows, 1)
+    if not bool(torch.isfinite(lse).all()):  # NaN/inf activations: never a silently empty or garbled output
+        raise FloatingPointError("the model produced non-finite scores (NaN or inf) while decoding")
     logits[:, PAD_ID] = float("-inf")
     logits[:, BOS_ID] = float("-inf")
     return logits, lse
