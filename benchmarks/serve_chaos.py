@@ -24,9 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
@@ -36,12 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import cpu, describe  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:
@@ -205,34 +196,18 @@ def main() -> None:
     from aiayn.evaluate import read_test_pairs
 
     sentences, _ = read_test_pairs(ROOT / "data" / "bible-es-en" / "test.tsv", limit=args.sentences)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "aiayn", "serve", "--model", args.model, "--port", str(port),
-                             "--threads", str(args.threads), "--max-queue-work", str(args.max_queue_work),
-                             "--max-batch-work", str(args.max_batch_work)],
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import urllib.request
+    from aiayn.serve.process import ServerProcess
 
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        rss = [round(rss_mb(proc.pid))]
+    server = ServerProcess(args.model, args.threads, ["--max-queue-work", str(args.max_queue_work),
+                                                      "--max-batch-work", str(args.max_batch_work)])
+    with server:
+        rss = [round(rss_mb(server.proc.pid))]
         rounds = []
         for _ in range(args.repeat):
-            rounds.append(asyncio.run(chaos(url, port, sentences, args.rounds)))
-            rss.append(round(rss_mb(proc.pid)))
-        res = _combine(rounds)
-        res["rss_mb_before"], res["rss_mb_after"], res["rss_mb_after_each_round"] = rss[0], rss[-1], rss[1:]
-    finally:
-        proc.terminate()  # graceful: waits for requests still in flight
-        try:
-            proc.wait(150)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            rounds.append(asyncio.run(chaos(server.url, server.port, sentences, args.rounds)))
+            rss.append(round(rss_mb(server.proc.pid)))
+    res = _combine(rounds)
+    res["rss_mb_before"], res["rss_mb_after"], res["rss_mb_after_each_round"] = rss[0], rss[-1], rss[1:]
     res = {"benchmark": "serve_chaos", "machine": cpu(), "threads": args.threads, "model": Path(args.model).name,
            "max_queue_work": args.max_queue_work, "max_batch_work": args.max_batch_work, **res}
     print(f"CPU: {describe()}, {args.threads} threads")

@@ -12,20 +12,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def load(url: str, texts: list[str], clients: int, requests: int, beam: int) -> dict:
@@ -72,28 +63,14 @@ def main() -> None:
     from aiayn.evaluate import read_test_pairs
 
     texts, _ = read_test_pairs(ROOT / "data" / "bible-es-en" / "test.tsv")
-    proc = None
-    url = args.url
-    if url is None:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        proc = subprocess.Popen([sys.executable, "-m", "aiayn", "serve", "--model", args.model, "--port", str(port),
-                                 "--threads", str(args.threads), "--max-texts", "64"],
-                                env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import urllib.request
+    from contextlib import nullcontext
 
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-    try:
+    from aiayn.serve.process import ServerProcess
+
+    server = ServerProcess(args.model, args.threads, ["--max-texts", "64"]) if args.url is None else nullcontext()
+    with server:
+        url = args.url or server.url
         res = asyncio.run(load(url, texts, args.clients, args.requests, args.beam))
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(10)
     print(f"{res['requests']} requests from {args.clients} clients in {res['seconds']} s: {res['requests_per_s']} req/s, "
           f"p50 {res['p50_ms']} ms, p95 {res['p95_ms']} ms, max {res['max_ms']} ms, errors {res['errors']}")
     print(json.dumps(res))

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+from aiayn.serve.process import ServerProcess
 
 try:
     from playwright.sync_api import sync_playwright
@@ -29,32 +26,10 @@ if not os.environ.get("CI") and (sync_playwright is None or not Path(CHROMIUM).e
     pytest.skip("needs playwright and Debian's chromium (installed by .ci/run)", allow_module_level=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "aiayn", "serve", "--model", str(ROOT / "models" / "bible-es-en"),
-                             "--port", str(port), "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(proc.stdout.read().decode()[-2000:])
-                time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with ServerProcess(ROOT / "models" / "bible-es-en") as s:
+        yield s.url
 
 
 def test_page_translates_and_shows_attention(server, tmp_path):

@@ -212,32 +212,18 @@ def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(tmp_path):
     """`aiayn serve` under SIGTERM (what systemd, Docker and Kubernetes send): the request being decoded
     is answered in full, new connections are refused, the process exits 0."""
     import json
-    import os
     import signal
-    import socket
-    import subprocess
-    import sys
     import threading
     import time
     import urllib.error
     import urllib.request
     from pathlib import Path
 
+    from aiayn.serve.process import ServerProcess
+
     root = Path(__file__).resolve().parents[1]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "aiayn", "serve", "--model", str(root / "models" / "bible-es-en"),
-                             "--port", str(port), "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+    with ServerProcess(root / "models" / "bible-es-en") as server:
+        url, proc = server.url, server.proc
         texts = [f"Y dijo Dios: Sea la luz número {i}; y fue la luz, y vio Dios que la luz era buena." for i in range(48)]
         answer: dict = {}
 
@@ -265,6 +251,3 @@ def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(tmp_path):
         assert answer.get("status") == 200 and len(answer["body"]["translations"]) == len(texts)
         assert answer["at"] > signalled + 0.3  # it was in flight when the signal came
         assert proc.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
-    finally:
-        if proc.poll() is None:
-            proc.kill()
