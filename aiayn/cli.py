@@ -19,13 +19,9 @@ def _die(msg: str, code: int = 2) -> None:
 
 
 def _threads(n: int) -> None:
-    import torch
+    from .runtime import configure_process
 
-    from .runtime import keep_freed_memory
-
-    keep_freed_memory()
-    if n > 0:
-        torch.set_num_threads(n)
+    configure_process(n)
 
 
 # --- params ------------------------------------------------------------------------------------
@@ -66,6 +62,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     from .train.loop import TrainingDiverged
 
     run = load_run_config(a.config, parse_overrides(a.set or []))
+    _threads(run.train.threads)
     try:
         result = train(run)
     except KeyboardInterrupt:
@@ -289,7 +286,8 @@ def cmd_export(a: argparse.Namespace) -> None:
 def cmd_demo(a: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(a.model, a.n, a.threads)
+    _threads(a.threads)
+    run_demo(a.model, a.n)
 
 
 def _decode_args(p: argparse.ArgumentParser) -> None:

@@ -6,7 +6,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 SENTENCES = [
     "En el principio creó Dios los cielos y la tierra.",
@@ -35,16 +34,12 @@ def shipped_test_file() -> Path | None:
     return None
 
 
-def run_demo(model_dir: str | None = None, n: int = 100, threads: int = 0, out=sys.stdout) -> dict:  # noqa: ANN001
+def run_demo(model_dir: str | None = None, n: int = 100, out=sys.stdout) -> dict:  # noqa: ANN001
     from .decode.translate import Translator
     from .evaluate import read_test_pairs, score_translations
     from .model import count_parameters
-    from .runtime import keep_freed_memory
     from .train.checkpoint import load_model_dir
 
-    keep_freed_memory()
-    if threads > 0:
-        torch.set_num_threads(threads)
     path = Path(model_dir) if model_dir else shipped_model_dir()
     t0 = time.perf_counter()
     model, vocab, config = load_model_dir(path)

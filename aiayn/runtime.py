@@ -1,4 +1,5 @@
-"""Process-wide settings for running on a CPU.
+"""Process-wide settings for running on a CPU, made in one place by the entry points (the CLI, the
+server, the benchmarks) with :func:`configure_process` — never by a library constructor.
 
 :func:`keep_freed_memory` — glibc's ``malloc`` serves every allocation above a threshold (at most
 32 MB by default) with a fresh ``mmap`` and returns it to the kernel on ``free``. A training step of
@@ -38,3 +39,13 @@ def keep_freed_memory() -> bool:
         return False
     _done = bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
     return _done
+
+
+def configure_process(threads: int = 0) -> None:
+    """What an aiayn process sets once at start: keep freed memory (above) and, when ``threads`` > 0, the
+    number of CPU threads PyTorch uses."""
+    keep_freed_memory()
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)

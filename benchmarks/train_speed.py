@@ -28,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import describe  # noqa: E402
 
 SHAPES = {  # name: ModelConfig overrides (post-LN: the paper's, and the one HF Marian has)
     "small": dict(preset="small", n_encoder_layers=6, n_decoder_layers=3),  # the shipped model's shape
@@ -52,6 +54,7 @@ def main() -> None:
     from aiayn.config import PAD_ID, preset
     from aiayn.data.batching import ParallelData, collate, token_batches
     from aiayn.data.prepare import PrepareConfig, prepare
+    from aiayn.accel import accelerate
     from aiayn.export.hf import to_hf
     from aiayn.model import build_model
     from aiayn.runtime import keep_freed_memory
@@ -102,6 +105,7 @@ def main() -> None:
         return m(input_ids=src, attention_mask=src != PAD_ID, decoder_input_ids=tgt_in,
                  decoder_attention_mask=tgt_in != PAD_ID).logits
 
+    print(f"CPU: {describe()}")
     print(f"{args.steps} timed steps of ≤{args.max_tokens} tokens per side, {args.threads} threads, torch {torch.__version__}")
     print(f"batches: {1 - real / padded:.1%} padding; building one (bucketing + collate) takes {collate_ms:.1f} ms")
     summary = {}
@@ -110,7 +114,9 @@ def main() -> None:
         cfg = preset(over.pop("preset"), **over, vocab_size=8000, norm="post", dropout=0.1)
         torch.manual_seed(0)
         ours = build_model(cfg)
-        theirs = to_hf(ours, _NoVocab(), Path(args.workdir) / f"hf-{shape}")
+        theirs = to_hf(ours, _NoVocab(), Path(args.workdir) / f"hf-{shape}", overwrite=True)
+        for line in accelerate(ours, training=True):  # as `aiayn train` does (train.accelerate)
+            print(f"  accelerate: {line}")
         ours_side = (aiayn_fwd, aiayn_loss, make_optimizer(ours, 1e-4, (0.9, 0.98), 1e-9, 0.0))
         theirs_side = (hf_fwd, hf_loss, torch.optim.AdamW(theirs.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9,
                                                           weight_decay=0.0, fused=True))

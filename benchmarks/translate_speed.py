@@ -27,6 +27,8 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import describe  # noqa: E402
 
 Batch = list[list[int]]
 Engine = Callable[[Batch], list[list[int]]]
@@ -35,7 +37,7 @@ Engine = Callable[[Batch], list[list[int]]]
 def _aiayn(model, compute_type: str, beam: int) -> Engine:  # noqa: ANN001
     from aiayn.data.batching import source_tensor
     from aiayn.decode.search import beam_search, greedy_search, max_lengths
-    from aiayn.model.quantize import for_inference
+    from aiayn.accel import for_inference
 
     m = for_inference(model, compute_type)
 
@@ -129,13 +131,14 @@ def main() -> None:
     if any(e.startswith("hf") for e in engines):
         from aiayn.export.hf import to_hf
 
-        to_hf(model, vocab, work / "hf")
+        to_hf(model, vocab, work / "hf", overwrite=True)
         exported["hf"] = work / "hf"
     if any(e.startswith("ct2") for e in engines):
         from aiayn.export.ctranslate2 import to_ctranslate2
 
-        exported["ct2"] = to_ctranslate2(model, vocab, work / "ct2")
+        exported["ct2"] = to_ctranslate2(model, vocab, work / "ct2", overwrite=True)
 
+    print(f"CPU: {describe()}")
     print(f"{len(src)} sentences ({sum(map(len, ids))} source tokens), batch {args.batch}, {args.threads} threads, "
           f"torch {torch.__version__}")
     results: dict[tuple[str, int], dict] = {}

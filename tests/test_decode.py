@@ -117,7 +117,7 @@ def test_beam_search_fast_path_equals_reference_path():
 
 
 def test_int8_linear_is_a_quantized_linear():
-    from aiayn.model.quantize import Int8Linear
+    from aiayn.accel.quantize import Int8Linear
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 96)

@@ -52,7 +52,7 @@ class Translator:
     """Translate strings with a :class:`~aiayn.model.Transformer` and its vocabulary."""
 
     def __init__(self, model, vocab, cfg: DecodeConfig | None = None, device: str | torch.device = "cpu") -> None:  # noqa: ANN001
-        from ..model.quantize import for_inference
+        from ..accel import for_inference
 
         self.vocab, self.cfg = vocab, cfg or DecodeConfig()
         self.model = for_inference(model, self.cfg.compute_type)

@@ -22,8 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .dropout import dropout as drop
-from .linear import Linear, linear
 
 
 def attention(
@@ -38,14 +36,8 @@ def attention(
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = scores.softmax(dim=-1)
-    if dropout > 0.0 and training:
-        weights_used = drop(weights, dropout, True)
-    else:
-        weights_used = weights
+    weights_used = F.dropout(weights, dropout, True) if dropout > 0.0 and training else weights
     return weights_used @ v, weights
-
-
-EXPLICIT_TRAINING_MAX_LEN = 512  # longer key sequences train through SDPA (no T×T scores kept)
 
 
 def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> Tensor:
@@ -173,9 +165,9 @@ class MultiHeadAttention(nn.Module):
         self.d_model, self.n_heads, self.d_k = d_model, n_heads, d_model // n_heads
         self.dropout = dropout
         self.rope = rope  # self-attention with rotary positions: rotate q and k by their positions
-        self.in_proj = Linear(d_model, 3 * d_model, bias=bias)  # [W^Q; W^K; W^V] for all heads
-        self.out_proj = Linear(d_model, d_model, bias=bias)  # W^O
-        self.impl = "sdpa"  # "sdpa" (fast) or "reference" (equation 1, can record weights)
+        self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias)  # [W^Q; W^K; W^V] for all heads
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)  # W^O
+        self.impl = "sdpa"  # "sdpa" (PyTorch's fused kernel) or "reference" (equation 1 written out)
 
     def _heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
@@ -184,12 +176,16 @@ class MultiHeadAttention(nn.Module):
     def project(self, x: Tensor, rows: slice) -> Tensor:
         """x · W^T for the rows ``rows`` of the stacked [W^Q; W^K; W^V] (e.g. only W^Q, or only W^K and W^V).
 
-        ``in_proj`` may also be an int8 module (:mod:`aiayn.model.quantize`) that takes the rows itself.
+        ``in_proj`` may also be a module that takes the rows itself (the int8 one of :mod:`aiayn.accel.quantize`).
         """
         p = self.in_proj
         if isinstance(p, nn.Linear):
-            return linear(x, p.weight[rows], None if p.bias is None else p.bias[rows])
+            return self.affine(x, p.weight[rows], None if p.bias is None else p.bias[rows])
         return p(x, rows)
+
+    def affine(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        """x·wᵀ + b (``F.linear``; :mod:`aiayn.accel` may compute it with another kernel)."""
+        return F.linear(x, w, b)
 
     def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values of an encoder output (B, S, d) for encoder-decoder attention."""
@@ -238,29 +234,13 @@ class MultiHeadAttention(nn.Module):
             q = q.view(n, groups, h, t_g, dk).transpose(1, 2).reshape(n, h, groups * t_g, dk)
 
         t_q, t_k = q.size(2), k.size(2)
-        # Training on a CPU also takes equation (1) as written: PyTorch's fused CPU attention has a slow
-        # backward; the explicit products are faster for sentence-length sequences (a bf16 training step
-        # of the shipped model's shape: 0.45 s against 0.56 s on 2 cores).
-        recorder = ATTENTION_RECORDER.get()  # set by recording_attention() for this thread / task only
-        reference = (self.impl == "reference" or recorder is not None
-                     or (q.requires_grad and q.device.type == "cpu" and t_k <= EXPLICIT_TRAINING_MAX_LEN))
-        # A single new query with a cache sees every cached position: no mask needed. A square
-        # causal pattern without other masks goes to SDPA's own causal kernel.
-        sdpa_causal = bool(causal and t_q > 1 and mask is None and t_q == t_k and not reference)
-        if causal and t_q > 1 and not sdpa_causal:
+        if causal and t_q > 1 and (mask is not None or t_q != t_k):
             cm = causal_mask(t_q, t_k, x.device)  # with a cache: the last t_q of t_k positions
             mask = cm if mask is None else mask & cm
-
+            causal = False  # in the mask now
+        recorder = ATTENTION_RECORDER.get()  # set by recording_attention() for this thread / task only
         p = self.dropout if self.training else 0.0
-        weights = None
-        if reference:
-            out, weights = attention(q, k, v, mask, p, self.training)
-        elif groups > 1 and p == 0.0 and q.device.type == "cpu":
-            # A few queries against contiguous keys: equation (1)'s two batched products beat SDPA's CPU
-            # kernel here (52 vs 214 µs for 32 sentences × 4 beams × 4 heads × 20 keys on 2 cores).
-            out, _ = attention(q, k, v, mask)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=sdpa_causal)
+        out, weights = self.kernel(q, k, v, mask, bool(causal and t_q > 1), p, need_weights=recorder is not None)
         if groups > 1:  # back to one row per beam
             out = out.view(n, h, groups, t_g, -1).transpose(1, 2).reshape(n * groups, h, t_g, -1)
             if weights is not None:
@@ -270,3 +250,15 @@ class MultiHeadAttention(nn.Module):
         b_, h, t, dk = out.shape
         out = out.transpose(1, 2).reshape(b_, t, h * dk)  # concatenate the heads: (B, T, d)
         return self.out_proj(out)
+
+    def kernel(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, dropout: float,
+               need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """softmax(QKᵀ/√d_k + mask)·V for q (B, h, T_q, d_k) against k, v (B, h, T_k, d_k): PyTorch's fused
+        SDPA, or equation (1) written out (``impl = "reference"``, and whenever the weights are wanted).
+        ``causal``: a square causal pattern not yet in ``mask``. Returns (output, weights or None)."""
+        if self.impl == "reference" or need_weights:
+            if causal:
+                cm = causal_mask(q.size(2), k.size(2), q.device)
+                mask = cm if mask is None else mask & cm
+            return attention(q, k, v, mask, dropout, self.training)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal), None

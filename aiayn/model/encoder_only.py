@@ -9,7 +9,6 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from .layers import Embedding, InputLayer, init_linear_weights
-from .linear import Linear
 from .transformer import Encoder, OutputLayer, padding_mask
 
 
@@ -26,12 +25,12 @@ class EncoderModel(nn.Module):
         emb = Embedding(cfg.vocab_size, cfg.d_model, cfg.scale_embeddings)
         self.encoder = Encoder(cfg, InputLayer(cfg, emb))
         self.mlm_transform = nn.Sequential(
-            Linear(cfg.d_model, cfg.d_model, bias=cfg.bias),
+            nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias),
             nn.GELU() if cfg.activation == "gelu" else nn.ReLU(),
             nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps, bias=cfg.bias),
         )
         self.output = OutputLayer(cfg.d_model, cfg.vocab_size, emb if cfg.tie != "none" else None)
-        self.classifier = Linear(cfg.d_model, cfg.n_classes) if cfg.n_classes > 0 else None
+        self.classifier = nn.Linear(cfg.d_model, cfg.n_classes) if cfg.n_classes > 0 else None
         init_linear_weights(self)
 
     def forward(self, tokens: Tensor) -> Tensor:

@@ -13,8 +13,6 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from .attention import KVCache, MultiHeadAttention, Rotary
-from .dropout import Dropout
-from .linear import Linear
 
 
 def sinusoidal_table(n_positions: int, d_model: int, layout: str = "interleaved") -> Tensor:
@@ -89,7 +87,7 @@ class InputLayer(nn.Module):
         super().__init__()
         self.embedding = embedding
         self.positional = PositionalEncoding(cfg)
-        self.dropout = Dropout(cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, tokens: Tensor, offset: int = 0) -> Tensor:
         return self.dropout(self.positional(self.embedding(tokens), offset))
@@ -100,10 +98,10 @@ class FeedForward(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.w1 = Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
-        self.w2 = Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+        self.w1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.w2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.activation = F.relu if cfg.activation == "relu" else F.gelu
-        self.dropout = Dropout(cfg.act_dropout)
+        self.dropout = nn.Dropout(cfg.act_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w2(self.dropout(self.activation(self.w1(x))))
@@ -120,7 +118,7 @@ class Residual(nn.Module):
         super().__init__()
         self.pre = cfg.norm == "pre"
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps, bias=cfg.bias)
-        self.dropout = Dropout(cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, sublayer) -> Tensor:  # noqa: ANN001 - a callable (B, T, d) → (B, T, d)
         if self.pre:

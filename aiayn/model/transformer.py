@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import PAD_ID, ModelConfig
 from .attention import KVCache
-from .linear import linear
 from .layers import DecoderLayer, Embedding, EncoderLayer, InputLayer, final_norm, init_linear_weights
 
 
@@ -124,7 +124,7 @@ class OutputLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.tied.weight if self.tied is not None else self.weight
-        return linear(x, w)  # (B, T, d) → (B, T, V)
+        return F.linear(x, w)  # (B, T, d) → (B, T, V)
 
 
 class Transformer(nn.Module):

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -112,16 +111,14 @@ class Service:
     are recorded per call (:func:`aiayn.model.recording_attention`), never by changing the shared model.
     """
 
-    def __init__(self, model_dir: str | Path, limits: Limits | None = None, threads: int = 0) -> None:
+    def __init__(self, model_dir: str | Path, limits: Limits | None = None) -> None:
+        from ..accel import accelerate
         from ..model import count_parameters
-        from ..runtime import keep_freed_memory
         from ..train.checkpoint import load_model_dir
 
-        keep_freed_memory()
-        if threads > 0:
-            torch.set_num_threads(threads)
         self.model_dir = Path(model_dir)
         self.model, self.vocab, self.config = load_model_dir(model_dir)
+        accelerate(self.model)  # once, before any request (aiayn.accel)
         self.arch = self.config["model"].get("arch", "encoder-decoder")
         self.n_params = count_parameters(self.model)
         self.limits = limits or Limits()
@@ -368,8 +365,8 @@ async def _too_large(send: Any, max_bytes: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(model_dir: str | Path, limits: Limits | None = None, threads: int = 0) -> FastAPI:
-    service = Service(model_dir, limits, threads)
+def create_app(model_dir: str | Path, limits: Limits | None = None) -> FastAPI:
+    service = Service(model_dir, limits)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
@@ -434,7 +431,10 @@ def create_app(model_dir: str | Path, limits: Limits | None = None, threads: int
 def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, threads: int = 0, limits: Limits | None = None) -> None:
     import uvicorn
 
+    from ..runtime import configure_process
+
+    configure_process(threads)
     # On SIGTERM or Ctrl-C uvicorn stops accepting connections, lets in-flight requests finish (up to
     # timeout_graceful_shutdown seconds), then runs the app's shutdown.
-    uvicorn.run(create_app(model_dir, limits, threads), host=host, port=port, log_level="info",
+    uvicorn.run(create_app(model_dir, limits), host=host, port=port, log_level="info",
                 timeout_graceful_shutdown=(limits or Limits()).timeout_s)

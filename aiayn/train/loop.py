@@ -41,9 +41,9 @@ from ..config import ConfigError, ModelConfig, from_dict, merge, preset
 from ..data.batching import ParallelData, collate, lm_batch, token_batches
 from ..data.prepare import load_manifest
 from ..data.vocab import load_vocab
+from ..accel import accelerate
 from ..model import build_model, count_parameters
 from ..atomic import claim_run_directory, owned_files, write_json_atomic, write_text_atomic
-from ..runtime import keep_freed_memory
 from .checkpoint import CheckpointError, load_trainer_state, save_model_dir
 from .optim import cosine_decay, cosine_lr, inverse_sqrt_lr, label_smoothed_loss, make_optimizer
 
@@ -87,7 +87,8 @@ class TrainConfig:
     # machine
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # autocast dtype
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int = 0  # torch CPU threads (0 = leave PyTorch's default)
+    threads: int = 0  # torch CPU threads, set by `aiayn train` (0 = leave PyTorch's default)
+    accelerate: bool = True  # CPU fast paths measured on this machine (aiayn.accel); false = the plain model
     compile: bool = False
     seed: int = 1234
 
@@ -179,10 +180,6 @@ class Trainer:
         if self.device.type == "cuda" and self.distributed:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(self.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()  # large per-step tensors reuse the heap instead of fresh pages (aiayn/runtime.py)
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
         if not cfg.data:
             raise ConfigError("train.data: the prepared data directory is required (see `aiayn prepare`)")
         self.manifest = load_manifest(cfg.data)
@@ -204,6 +201,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.model = build_model(m).to(self.device)
+        if cfg.accelerate and self.device.type == "cpu":
+            for line in accelerate(self.model, training=True):
+                log.info("accelerate: %s", line)
         self.optimizer = make_optimizer(self.model, self._lr(1), cfg.adam_betas, cfg.adam_eps, cfg.weight_decay, cfg.optimizer)
         self.lm_rng = np.random.default_rng(cfg.seed)  # the same on every process (see _next_update)
         if self.kind == "parallel":

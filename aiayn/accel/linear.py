@@ -6,23 +6,24 @@ PyTorch's CPU ``F.linear`` in float32 calls MKL's sgemm; on this project's AMD Z
 oneDNN; a decoding step's (128 × 256)·(256 × 8000) output projection 3.1 ms and 1.3 ms. Both are
 IEEE float32 with float32 accumulation (only the summation order differs; tests compare them).
 
-So on a CPU, in float32, outside autocast and outside tracing/compilation, :func:`linear` calls
+On an Intel Xeon, MKL's float32 is about twice Zen 4's and the advantage may vanish or reverse: whether
+:func:`aiayn.accel.accelerate` swaps this kernel in is decided on the machine that runs it, by a
+micro-measurement (:mod:`aiayn.accel.choose`).
+
+On a CPU, in float32, outside autocast and outside tracing/compilation, :func:`linear` calls
 ``torch.ops.mkldnn._linear_pointwise`` (the op TorchInductor uses for CPU linears), with a small
 autograd function whose backward is two more oneDNN products. Everywhere else (CUDA, bf16/fp16,
-autocast, double precision, ONNX tracing) it is exactly ``F.linear``. ``AIAYN_ONEDNN_LINEAR=0`` in
-the environment turns the kernel off.
+autocast, double precision, ONNX tracing) it is exactly ``F.linear``.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 _OP = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
-ENABLED = _OP is not None and os.environ.get("AIAYN_ONEDNN_LINEAR", "1") != "0"
+AVAILABLE = _OP is not None
 
 
 def _mm(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
@@ -53,7 +54,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
 
 def _fast(x: Tensor, w: Tensor) -> bool:
-    return (ENABLED and x.dtype == torch.float32 and w.dtype == torch.float32 and x.device.type == "cpu"
+    return (AVAILABLE and x.dtype == torch.float32 and w.dtype == torch.float32 and x.device.type == "cpu"
             and x.numel() > 0 and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling())
 
@@ -68,8 +69,9 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     return _mm(x, w, b)
 
 
-class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, same state-dict names) computed by :func:`linear`."""
+class OneDNNLinear(nn.Linear):
+    """``nn.Linear`` (same parameters, same state-dict names) computed by :func:`linear`; an ``nn.Linear``
+    becomes one by :func:`aiayn.accel.accelerate`."""
 
     def forward(self, x: Tensor) -> Tensor:
         return linear(x, self.weight, self.bias)

@@ -1,4 +1,4 @@
-"""Dropout (§5.4, P_drop = 0.1) with a cheaper random mask on CPUs.
+"""Dropout (§5.4, P_drop = 0.1) with a cheaper random mask on CPUs (swapped in by :func:`aiayn.accel.accelerate`).
 
 On a CPU, ``F.dropout`` draws one Bernoulli sample per element from PyTorch's Mersenne Twister, and a
 bf16 training step of the shipped model's shape spent about 10 % of its time there. Here the mask comes
@@ -28,15 +28,8 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
 
 
-class Dropout(nn.Module):
-    """``nn.Dropout`` computed by :func:`dropout`."""
-
-    def __init__(self, p: float = 0.1) -> None:
-        super().__init__()
-        self.p = p
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` computed by :func:`dropout`; an ``nn.Dropout`` becomes one by :func:`aiayn.accel.accelerate`."""
 
     def forward(self, x: Tensor) -> Tensor:
         return dropout(x, self.p, self.training)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"

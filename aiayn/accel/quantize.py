@@ -21,8 +21,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .attention import MultiHeadAttention
-from .transformer import OutputLayer
+from ..model.attention import MultiHeadAttention
+from ..model.transformer import OutputLayer
 
 ComputeType = Literal["float32", "bfloat16", "int8"]
 
@@ -92,7 +92,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     return q
 
 
-def for_inference(model: nn.Module, compute_type: ComputeType = "float32") -> nn.Module:
+def lower_precision(model: nn.Module, compute_type: ComputeType = "float32") -> nn.Module:
     """The model to decode with: itself (float32), a bf16 copy, or an int8 copy."""
     if compute_type == "float32":
         return model.eval()

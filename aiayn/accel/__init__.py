@@ -1,0 +1,124 @@
+"""The CPU fast paths, applied to a plain model by one explicit call.
+
+:mod:`aiayn.model` is the paper's model in plain PyTorch (``nn.Linear``, ``nn.Dropout``, SDPA or
+equation (1) written out). This package makes it faster on the machine at hand without changing what
+it computes (tested: accelerated model = plain model, values and gradients):
+
+* :func:`accelerate` swaps modules for subclasses with the same parameters and state-dict names —
+  ``nn.Linear`` → :class:`~aiayn.accel.linear.OneDNNLinear`, ``nn.Dropout`` →
+  :class:`~aiayn.accel.dropout.FastDropout`, :class:`~aiayn.model.MultiHeadAttention` →
+  :class:`FastAttention`, the output layer → :class:`FastOutputLayer` — each only where this machine's
+  measurement says it pays (:mod:`aiayn.accel.choose`), and returns (and logs) what it changed;
+* :func:`for_inference` is the model to decode with at a compute type: float32 (accelerated), a bf16
+  copy, or int8 linear layers (:mod:`aiayn.accel.quantize`).
+
+``aiayn train`` (``train.accelerate``, default true) and every decoding path call these; a library user
+calls them where they want them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor, nn
+
+from ..model.attention import MultiHeadAttention, attention, causal_mask
+from ..model.transformer import OutputLayer
+from .choose import Choices, choices
+from .dropout import FastDropout
+from .dropout import dropout as fast_dropout
+from .linear import OneDNNLinear
+from .linear import linear as onednn_linear
+from .quantize import ComputeType, lower_precision
+
+log = logging.getLogger(__name__)
+
+EXPLICIT_TRAINING_MAX_LEN = 512  # longer key sequences train through SDPA (no T×T scores kept)
+SMALL_QUERY_MAX = 8  # "a few queries": beam search's per-sentence group, or one decoding step
+
+
+class FastAttention(MultiHeadAttention):
+    """:class:`MultiHeadAttention` with the CPU kernels this machine prefers (``self.choices``)."""
+
+    choices: Choices
+    onednn: bool  # projections through oneDNN (chosen for training or for decoding by accelerate())
+
+    def affine(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        return onednn_linear(x, w, b) if self.onednn else super().affine(x, w, b)
+
+    def kernel(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, dropout: float,
+               need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        c = self.choices
+        if self.impl == "sdpa" and not need_weights and q.device.type == "cpu":
+            if q.requires_grad:
+                explicit = c.explicit_attention(True, q.dtype) and k.size(2) <= EXPLICIT_TRAINING_MAX_LEN
+            else:
+                explicit = c.explicit_attention(False, q.dtype) and dropout == 0.0 and not causal and q.size(2) <= SMALL_QUERY_MAX
+            if explicit:
+                if causal:
+                    cm = causal_mask(q.size(2), k.size(2), q.device)
+                    mask = cm if mask is None else mask & cm
+                if dropout > 0.0 and self.training:  # equation (1) with dropout on the weights
+                    return _attention_with_dropout(q, k, v, mask, dropout, c.fast_dropout)[0], None
+                return attention(q, k, v, mask)[0], None
+        return super().kernel(q, k, v, mask, causal, dropout, need_weights)
+
+
+def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float, fast: bool) -> tuple[Tensor, Tensor]:
+    scores = q @ k.transpose(-2, -1) / q.size(-1) ** 0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(-1)
+    used = fast_dropout(weights, p, True) if fast else torch.nn.functional.dropout(weights, p, True)
+    return used @ v, weights
+
+
+class FastOutputLayer(OutputLayer):
+    """The pre-softmax projection through :func:`~aiayn.accel.linear.linear`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return onednn_linear(x, self.tied.weight if self.tied is not None else self.weight)
+
+
+def accelerate(model: nn.Module, choice: Choices | None = None, training: bool = False) -> list[str]:
+    """Swap ``model``'s modules (in place) for their fast CPU versions that ``choice`` (default: this
+    machine's measured :func:`~aiayn.accel.choose.choices`) selects for training or for decoding.
+    Parameters, buffers and state-dict names stay as they are. Returns one line per kind of module
+    changed (also logged). Idempotent."""
+    c = choices() if choice is None else choice
+    onednn = c.onednn_linear_training if training else c.onednn_linear_decoding
+    changed: dict[str, int] = {}
+
+    def swap(m: nn.Module, cls: type, what: str) -> None:
+        if type(m) is not cls:
+            m.__class__ = cls
+            changed[what] = changed.get(what, 0) + 1
+
+    for m in model.modules():
+        if type(m) in (MultiHeadAttention, FastAttention):
+            m.choices, m.onednn = c, onednn  # type: ignore[attr-defined]
+            if onednn or any(v for k, v in c.__dict__.items() if k.startswith("explicit_")):
+                swap(m, FastAttention, "attention → FastAttention (measured CPU kernels)")
+        elif type(m) is nn.Linear and onednn:
+            swap(m, OneDNNLinear, "nn.Linear → OneDNNLinear (oneDNN float32 GEMM)")
+        elif type(m) is nn.Dropout and c.fast_dropout and training:
+            swap(m, FastDropout, "nn.Dropout → FastDropout (16-bit random slices)")
+        elif type(m) is OutputLayer and onednn:
+            swap(m, FastOutputLayer, "output projection → oneDNN")
+    report = [f"{what}: {n}" for what, n in changed.items()]
+    for line in report:
+        log.debug("accelerate: %s", line)
+    return report
+
+
+def for_inference(model: nn.Module, compute_type: ComputeType = "float32") -> nn.Module:
+    """The model to decode with: float32 (accelerated in place), a bf16 copy, or an int8 copy."""
+    m = lower_precision(model, compute_type)
+    if compute_type == "float32":
+        accelerate(m)
+    return m
+
+
+__all__ = ["Choices", "choices", "accelerate", "for_inference", "FastAttention", "FastOutputLayer", "OneDNNLinear",
+           "FastDropout", "EXPLICIT_TRAINING_MAX_LEN"]

@@ -1,0 +1,152 @@
+"""Which CPU fast paths pay off on *this* machine, decided by measuring them once.
+
+The project's machines are not one CPU: on an AMD Zen 4, oneDNN's float32 GEMM is 2–2.5× MKL's; on an
+Intel Xeon with AMX, MKL's float32 is twice Zen 4's and the difference may vanish or reverse. A constant
+measured on one of them is wrong on the other, so each fast path is timed against the plain PyTorch call
+it replaces, on a shape typical of the work (a few milliseconds in all), and used only where it is at
+least ``MARGIN`` faster. The answers are cached per CPU model, ISA features, PyTorch version and thread
+count in ``~/.cache/aiayn/accel.json`` (``AIAYN_CACHE_DIR`` moves it), so each machine measures once.
+
+``AIAYN_ACCEL=off`` turns every fast path off; ``AIAYN_ACCEL=on`` turns on every one that is available
+(no measuring): for comparisons and tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+MARGIN = 1.05  # a fast path must be at least 5 % faster to be used
+
+
+@dataclass(frozen=True)
+class Choices:
+    """The fast paths to use on this machine (all CPU-only)."""
+
+    onednn_linear_training: bool = False  # float32 projections through oneDNN instead of MKL: forward + backward
+    onednn_linear_decoding: bool = False  # the same, forward only
+    fast_dropout: bool = False  # dropout masks from 16-bit slices of 64-bit random integers
+    # Attention as equation (1)'s two products instead of PyTorch's fused SDPA, per dtype of the queries:
+    explicit_training_f32: bool = False  # training (T_k ≤ 512), float32
+    explicit_training_bf16: bool = False  # training under bf16 autocast
+    explicit_decoding_f32: bool = False  # decoding, a few queries per sentence (beams, one step), float32
+    explicit_decoding_bf16: bool = False  # the same with bf16 weights
+
+    @classmethod
+    def all(cls) -> "Choices":
+        from .linear import AVAILABLE
+
+        return cls(AVAILABLE, AVAILABLE, True, True, True, True, True)
+
+    def explicit_attention(self, training: bool, dtype: torch.dtype) -> bool:
+        if dtype == torch.float32:
+            return self.explicit_training_f32 if training else self.explicit_decoding_f32
+        if dtype == torch.bfloat16:
+            return self.explicit_training_bf16 if training else self.explicit_decoding_bf16
+        return False
+
+    @classmethod
+    def none(cls) -> "Choices":
+        return cls()
+
+
+def cpu_key() -> str:
+    """CPU model, the ISA features that matter here, PyTorch version and threads."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and ":" in line:
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and ":" in line:
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    isa = "+".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
+    return f"{name} [{isa}] torch {torch.__version__} threads {torch.get_num_threads()}"
+
+
+def _cache_path() -> Path:
+    root = os.environ.get("AIAYN_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "aiayn")
+    return Path(root) / "accel.json"
+
+
+def _best_time(fn: Callable[[], object], repeat: int = 7) -> float:
+    fn()  # warm-up: kernels, allocations
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure() -> Choices:
+    """Time each fast path against what it replaces, on this machine (≈ 0.5 s)."""
+    from .dropout import dropout as fast_dropout
+    from .linear import AVAILABLE, linear
+
+    def faster(fast: Callable[[], object], plain: Callable[[], object], repeat: int = 7) -> bool:
+        return _best_time(plain, repeat) > MARGIN * _best_time(fast, repeat)
+
+    torch.manual_seed(0)
+    with torch.enable_grad():  # a training step's FFN-sized product, forward and backward
+        x, w = torch.randn(2048, 256, requires_grad=True), torch.randn(1024, 256, requires_grad=True)
+        onednn_training = AVAILABLE and faster(lambda: linear(x, w).sum().backward(), lambda: F.linear(x, w).sum().backward(), 5)
+    with torch.no_grad():
+        x, w = torch.randn(128, 256), torch.randn(8000, 256)  # a decoding step's output projection
+        onednn_decoding = AVAILABLE and faster(lambda: linear(x, w), lambda: F.linear(x, w), 15)
+        h = torch.randn(2500, 256)
+        drop = faster(lambda: fast_dropout(h, 0.1, True), lambda: F.dropout(h, 0.1, True))
+    decoding, training = {}, {}
+    for dtype in (torch.float32, torch.bfloat16):
+        with torch.no_grad():  # 32 sentences × 4 beams: a group of 4 queries per sentence and head, 24 keys
+            q, k, v = (torch.randn(32, 4, t, 64, dtype=dtype) for t in (4, 24, 24))
+            decoding[dtype] = faster(lambda: (q @ k.transpose(-2, -1) / 8.0).softmax(-1) @ v,
+                                     lambda: F.scaled_dot_product_attention(q, k, v))
+        with torch.enable_grad():  # forward and backward over sentence-length sequences (the caller may be under no_grad)
+            q, k, v = (torch.randn(32, 4, 30, 64, dtype=dtype, requires_grad=True) for _ in range(3))
+            training[dtype] = faster(lambda: ((q @ k.transpose(-2, -1) / 8.0).softmax(-1) @ v).sum().backward(),
+                                     lambda: F.scaled_dot_product_attention(q, k, v).sum().backward(), 5)
+    return Choices(onednn_linear_training=bool(onednn_training), onednn_linear_decoding=bool(onednn_decoding),
+                   fast_dropout=bool(drop),
+                   explicit_training_f32=training[torch.float32], explicit_training_bf16=training[torch.bfloat16],
+                   explicit_decoding_f32=decoding[torch.float32], explicit_decoding_bf16=decoding[torch.bfloat16])
+
+
+def choices() -> Choices:
+    """This machine's choices: from ``AIAYN_ACCEL``, the cache, or a fresh measurement (then cached)."""
+    mode = os.environ.get("AIAYN_ACCEL", "auto").lower()
+    if mode in ("0", "off", "none"):
+        return Choices.none()
+    if mode in ("1", "on", "all"):
+        return Choices.all()
+    key, path = cpu_key(), _cache_path()
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if isinstance(cached, dict) and isinstance(cached.get(key), dict):
+        try:
+            return Choices(**cached[key])
+        except TypeError:
+            pass  # written by another version: measure again
+    found = measure()
+    try:
+        from ..atomic import write_json_atomic
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {**(cached if isinstance(cached, dict) else {}), key: asdict(found)})
+    except OSError:
+        pass  # a read-only home: measure again next time
+    return found

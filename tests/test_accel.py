@@ -1,0 +1,148 @@
+"""The CPU fast paths (aiayn.accel): each kernel equals what it replaces, and an accelerated model equals
+the plain one — training values and gradients, and decoding token for token."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from aiayn.accel import Choices, FastAttention, FastOutputLayer, accelerate, choices, for_inference
+from aiayn.accel import linear as L
+from aiayn.accel.dropout import FastDropout, dropout
+from aiayn.accel.linear import OneDNNLinear
+from aiayn.config import preset
+from aiayn.decode.search import beam_search, greedy_search, max_lengths
+from aiayn.model import LanguageModel, Transformer
+
+ALL = Choices.all()
+
+
+@pytest.mark.skipif(not L.AVAILABLE, reason="no oneDNN in this PyTorch")
+def test_onednn_linear_equals_torch_linear_with_gradients():
+    torch.manual_seed(0)
+    for bias in (True, False):
+        w = torch.randn(96, 64, requires_grad=True)
+        b = torch.randn(96, requires_grad=True) if bias else None
+        x = torch.randn(3, 7, 64, requires_grad=True)
+        for rows in (slice(None), slice(0, 32), slice(32, None)):  # weight slices, as attention takes them
+            args = (x, w[rows], None if b is None else b[rows])
+            ours = L.linear(*args)
+            g = torch.randn_like(ours)
+            grads = torch.autograd.grad(ours, [t for t in (x, w, b) if t is not None], g)
+            ref = torch.nn.functional.linear(*args)
+            ref_grads = torch.autograd.grad(ref, [t for t in (x, w, b) if t is not None], g)
+            torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+            for a, r in zip(grads, ref_grads):
+                torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)
+    # Other dtypes and autocast take F.linear itself.
+    assert not L._fast(x.double(), w.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not L._fast(x, w)
+
+
+def test_dropout_drops_p_and_scales_the_rest():
+    x = torch.ones(1000, 1000, requires_grad=True)
+    torch.manual_seed(0)
+    y = dropout(x, 0.1, True)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.002  # 1e6 draws: the standard deviation is 0.0003
+    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.9))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d(x·m)/dx = m
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, 0.1, True), y)  # the same generator: seeds reproduce masks
+    m = FastDropout(0.3).eval()
+    assert m(x) is x and dropout(x, 0.0, True) is x
+    assert abs((dropout(torch.ones(10**6), 0.3, True) == 0).float().mean().item() - 0.3) < 0.002
+    assert (dropout(torch.ones(4, 5).bfloat16(), 0.5, True) != 0).any()
+
+
+def test_accelerate_swaps_modules_keeps_parameters_and_reports():
+    plain = Transformer(preset("tiny", vocab_size=50))
+    fast = copy.deepcopy(plain)
+    report = accelerate(fast, ALL, training=True)
+    assert report and all(":" in line for line in report)
+    kinds = {type(m) for m in fast.modules()}
+    assert FastAttention in kinds and FastDropout in kinds and (OneDNNLinear in kinds) == L.AVAILABLE
+    assert isinstance(fast.output, FastOutputLayer) == L.AVAILABLE
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(fast.state_dict().values(), plain.state_dict().values()))
+    assert accelerate(fast, ALL, training=True) == []  # idempotent
+    assert accelerate(copy.deepcopy(plain), Choices.none()) == []  # nothing chosen, nothing changed
+    # The plain model package holds no CPU-specific module.
+    assert all(type(m).__module__.startswith(("aiayn.model", "torch.")) for m in plain.modules())
+
+
+@pytest.mark.parametrize("arch", ["encoder-decoder", "decoder-only"])
+def test_accelerated_training_step_equals_the_plain_model(arch):
+    """Dropout off (the fast mask draws differently): the same loss and gradients."""
+    if arch == "encoder-decoder":
+        cfg = preset("tiny", vocab_size=40, dropout=0.0)
+        inputs = (torch.randint(4, 40, (4, 9)), torch.randint(4, 40, (4, 7)))
+        make = Transformer
+    else:
+        cfg = preset("gpt-nano", vocab_size=40, d_model=32, d_ff=64, max_positions=16)
+        inputs = (torch.randint(4, 40, (4, 12)),)
+        make = LanguageModel
+    torch.manual_seed(0)
+    plain = make(cfg).train()
+    fast = copy.deepcopy(plain)
+    accelerate(fast, ALL, training=True)
+    grads = []
+    for m in (plain, fast):
+        m(*inputs).log_softmax(-1).mean().backward()
+        grads.append({n: p.grad for n, p in m.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_accelerated_decoding_equals_the_plain_model():
+    torch.manual_seed(1)
+    plain = Transformer(preset("tiny", vocab_size=60)).eval()
+    fast = copy.deepcopy(plain)
+    accelerate(fast, ALL)
+    src = torch.randint(4, 60, (6, 11))
+    src[2, 7:] = 0  # padding
+    limit = max_lengths(src)
+    with torch.no_grad():
+        assert [h.tokens for h in greedy_search(fast, src, limit)] == [h.tokens for h in greedy_search(plain, src, limit)]
+        ours, ref = beam_search(fast, src, limit, 4, 0.6, 2), beam_search(plain, src, limit, 4, 0.6, 2)
+    assert [[h.tokens for h in hs] for hs in ours] == [[h.tokens for h in hs] for hs in ref]
+    for hs, rs in zip(ours, ref):
+        for h, r in zip(hs, rs):
+            assert h.score == pytest.approx(r.score, abs=1e-4)
+
+
+def test_choices_are_measured_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIAYN_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("AIAYN_ACCEL", raising=False)
+    from aiayn.accel import choose
+
+    calls = []
+    monkeypatch.setattr(choose, "measure", lambda: calls.append(1) or Choices(fast_dropout=True))
+    assert choices() == Choices(fast_dropout=True) and choices() == Choices(fast_dropout=True)
+    assert calls == [1] and (tmp_path / "accel.json").is_file()
+    monkeypatch.setenv("AIAYN_ACCEL", "off")
+    assert choices() == Choices.none()
+    monkeypatch.setenv("AIAYN_ACCEL", "on")
+    assert choices() == ALL
+
+
+def test_measuring_returns_a_choice_for_each_path():
+    from aiayn.accel.choose import measure
+
+    c = measure()
+    assert isinstance(c, Choices) and all(isinstance(v, bool) for v in c.__dict__.values())
+
+
+def test_for_inference_keeps_translations_at_every_compute_type():
+    torch.manual_seed(2)
+    model = Transformer(preset("tiny", vocab_size=60)).eval()
+    src = torch.randint(4, 60, (3, 8))
+    limit = max_lengths(src)
+    with torch.no_grad():
+        ref = [h.tokens for h in greedy_search(copy.deepcopy(model), src, limit)]
+        assert [h.tokens for h in greedy_search(for_inference(copy.deepcopy(model), "float32"), src, limit)] == ref
+        assert len(greedy_search(for_inference(model, "int8"), src, limit)) == 3
