@@ -81,18 +81,11 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 # --- average -----------------------------------------------------------------------------------
 def cmd_average(a: argparse.Namespace) -> None:
-    from .train.checkpoint import average_checkpoints
+    from .train.checkpoint import average_checkpoints, last_checkpoints
 
-    dirs = [Path(d) for d in a.checkpoints]
-    if a.run:
-        found = sorted(p for p in (Path(a.run) / "checkpoints").glob("step_*") if p.is_dir())
-        if not found:
-            _die(f"{a.run}: no checkpoints under {a.run}/checkpoints")
-        dirs = found[-a.last :]
+    dirs = last_checkpoints(a.run, a.last) if a.run else [Path(d) for d in a.checkpoints]
     if not dirs:
         _die("name checkpoint directories, or --run RUN_DIR with --last N")
-    if a.last < 1:
-        _die(f"--last {a.last}: must be at least 1")
     out = average_checkpoints(dirs, a.out, half=a.half, overwrite=a.overwrite)
     print(f"averaged {len(dirs)} checkpoints ({', '.join(d.name for d in dirs)}) → {out}")
 
@@ -105,10 +98,16 @@ def _decode_cfg(a: argparse.Namespace):  # noqa: ANN202
                         nbest=getattr(a, "nbest", 1), max_tokens=a.max_tokens, compute_type=a.compute_type)
 
 
-def _load(path: str, device: str = "cpu"):  # noqa: ANN202
+def _load(path: str):  # noqa: ANN202
     from .train.checkpoint import load_model_dir
 
-    return load_model_dir(path, device)
+    return load_model_dir(path)
+
+
+def _arch(config: dict) -> str:
+    from .train.checkpoint import model_arch
+
+    return model_arch(config)
 
 
 def cmd_translate(a: argparse.Namespace) -> None:
@@ -117,8 +116,8 @@ def cmd_translate(a: argparse.Namespace) -> None:
 
     _threads(a.threads)
     model, vocab, config = _load(a.model)
-    if config["model"].get("arch", "encoder-decoder") != "encoder-decoder":
-        _die(f"{a.model} is a {config['model']['arch']} model; use `aiayn generate` for language models")
+    if _arch(config) != "encoder-decoder":
+        _die(f"{a.model} is a {_arch(config)} model; use `aiayn generate` for language models")
     if a.chunk < 1:
         _die(f"--chunk {a.chunk}: must be at least 1")
     tr = Translator(model, vocab, _decode_cfg(a))
@@ -164,20 +163,10 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         _die(f"--output {a.output}: is a directory; give a file name for the translations")
     _threads(a.threads)
     model, vocab, config = _load(a.model)
-    arch = config["model"].get("arch", "encoder-decoder")
-    if arch == "decoder-only":
-        import numpy as np
+    if _arch(config) == "decoder-only":
+        from .evaluate import evaluate_lm_text
 
-        from .data.corpus import read_text
-        from .data.prepare import encode_lm_text
-        from .evaluate import lm_loss
-
-        text = read_text(a.test)
-        if a.tail_fraction:
-            # The validation split `aiayn prepare --lm` makes: the last fraction of the characters.
-            text = text[int(len(text) * (1 - a.tail_fraction)) :]
-        ids = np.asarray(encode_lm_text(vocab, text))
-        res = lm_loss(model, ids, a.block_size or model.cfg.max_positions)
+        res = evaluate_lm_text(model, vocab, a.test, a.tail_fraction, a.block_size)
         print(f"{a.test}: {res['tokens']:,} tokens, loss {res['val_loss']:.4f} nats/token, perplexity {res['ppl']:.3f}")
         print(json.dumps({"val_loss": round(res["val_loss"], 4), "ppl": round(res["ppl"], 4), "tokens": res["tokens"]}))
         return
@@ -199,8 +188,8 @@ def cmd_generate(a: argparse.Namespace) -> None:
 
     _threads(a.threads)
     model, vocab, config = _load(a.model)
-    if config["model"].get("arch") != "decoder-only":
-        _die(f"{a.model} is not a language model (arch {config['model'].get('arch')}); use `aiayn translate`")
+    if _arch(config) != "decoder-only":
+        _die(f"{a.model} is not a language model (arch {_arch(config)}); use `aiayn translate`")
     if a.prompt is not None and a.prompt_file:
         _die("give --prompt or --prompt-file, not both")
     if a.num_samples < 1:
@@ -229,7 +218,7 @@ def cmd_viz(a: argparse.Namespace) -> None:
         path = viz.plot_positional(a.out or "positional.png", a.positions, a.d_model)
     else:
         model, vocab, config = _load(a.model)
-        if config["model"].get("arch", "encoder-decoder") != "encoder-decoder":
+        if _arch(config) != "encoder-decoder":
             _die("attention pictures need a translation (encoder-decoder) model")
         parse = lambda s: [int(x) for x in s.split(",")] if s else None  # noqa: E731
         path = viz.plot_attention(model, vocab, a.text, a.out or "attention.png", tuple(a.kinds.split(",")),

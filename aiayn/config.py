@@ -135,32 +135,28 @@ def estimate_parameters(cfg: ModelConfig) -> int:
     return enc + dec + emb + pos
 
 
-def _paper(**kw: Any) -> dict[str, Any]:
-    return kw
-
-
 # Named presets. The paper's two (Table 3) and small ones that train on a CPU.
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper-base": _paper(),
-    "paper-big": _paper(d_model=1024, d_ff=4096, n_heads=16, dropout=0.3),
+    "paper-base": dict(),
+    "paper-big": dict(d_model=1024, d_ff=4096, n_heads=16, dropout=0.3),
     # A CPU-sized translation model: the paper's architecture at a quarter of the width,
     # 3 + 3 layers (the shape of the Marian baseline in docs/results.md).
-    "small": _paper(d_model=256, d_ff=1024, n_heads=4, n_encoder_layers=3, n_decoder_layers=3, vocab_size=8000),
+    "small": dict(d_model=256, d_ff=1024, n_heads=4, n_encoder_layers=3, n_decoder_layers=3, vocab_size=8000),
     # Tests and quick experiments.
-    "tiny": _paper(d_model=64, d_ff=128, n_heads=4, n_encoder_layers=2, n_decoder_layers=2, vocab_size=64),
+    "tiny": dict(d_model=64, d_ff=128, n_heads=4, n_encoder_layers=2, n_decoder_layers=2, vocab_size=64),
     # Decoder-only, nanoGPT's choices: pre-LN, learned positions, GELU, tied in/out embedding.
-    "gpt-nano": _paper(
+    "gpt-nano": dict(
         arch="decoder-only", d_model=128, d_ff=512, n_heads=4, n_encoder_layers=0, n_decoder_layers=4,
         norm="pre", positional="learned", activation="gelu", tie="three_way", dropout=0.0,
         max_positions=64, vocab_size=65 + 4, bias=True, ln_eps=1e-5, scale_embeddings=False,
     ),
     # Decoder-only with the paper's choices (post-LN, sinusoidal, ReLU), same size as gpt-nano.
-    "gpt-paper": _paper(
+    "gpt-paper": dict(
         arch="decoder-only", d_model=128, d_ff=512, n_heads=4, n_encoder_layers=0, n_decoder_layers=4,
         dropout=0.0, max_positions=64, vocab_size=65 + 4,
     ),
     # Encoder-only (bidirectional), BERT-like shape at CPU size.
-    "encoder-small": _paper(
+    "encoder-small": dict(
         arch="encoder-only", d_model=256, d_ff=1024, n_heads=4, n_encoder_layers=4, n_decoder_layers=0,
         vocab_size=8000,
     ),

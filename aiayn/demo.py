@@ -6,7 +6,6 @@ import sys
 import time
 from pathlib import Path
 
-
 SENTENCES = [
     "En el principio creó Dios los cielos y la tierra.",
     "Bienaventurados los pacíficos, porque ellos serán llamados hijos de Dios.",
@@ -18,7 +17,8 @@ SENTENCES = [
 
 
 def shipped_model_dir() -> Path:
-    """models/bible-es-en: beside the package in a source checkout, or inside it when installed."""
+    """models/bible-es-en beside the package, as in a source checkout (``pip install -e .``); an installed
+    wheel does not carry it (pass ``--model DIR``)."""
     here = Path(__file__).resolve().parent
     for candidate in (here.parent / "models" / "bible-es-en", here / "models" / "bible-es-en"):
         if (candidate / "config.json").is_file():

@@ -110,3 +110,21 @@ def lm_loss(model, tokens: np.ndarray, block_size: int, device: torch.device | s
         count += sum(lengths)
     loss = total / count
     return {"val_loss": loss, "ppl": math.exp(loss), "tokens": count}
+
+
+def evaluate_lm_text(model, vocab, path: str | Path, tail_fraction: float = 0.0, block_size: int = 0) -> dict:  # noqa: ANN001
+    """Loss and perplexity of a language model on a text file, every token predicted once, in windows of
+    ``block_size`` (0: the model's ``max_positions``). ``tail_fraction`` scores only the last fraction of
+    the text: 0.1 is the validation split ``aiayn prepare --lm`` (and nanoGPT) make."""
+    from .data.corpus import read_text
+    from .data.prepare import encode_lm_text
+
+    if not 0.0 <= tail_fraction < 1.0:
+        raise ValueError(f"tail fraction must be in [0, 1), got {tail_fraction}")
+    if block_size < 0:
+        raise ValueError(f"block size must be 0 (the model's) or more, got {block_size}")
+    text = read_text(path)
+    if tail_fraction:
+        text = text[int(len(text) * (1 - tail_fraction)) :]
+    ids = np.asarray(encode_lm_text(vocab, text))
+    return lm_loss(model, ids, block_size or model.cfg.max_positions)

@@ -40,9 +40,14 @@ def test_health_info_page_and_docs(client):
     assert client.get("/docs").status_code == 200
 
 
-def test_translate_one_and_many_with_attention(client):
+def test_translate_one_and_many_with_attention(client, model_dir):
+    from aiayn.decode.translate import DecodeConfig, Translator
+    from aiayn.train.checkpoint import load_model_dir
+
+    model, vocab, _ = load_model_dir(model_dir)
     r = client.post("/translate", json={"text": "la casa", "beam_size": 2})
-    assert r.status_code == 200 and isinstance(r.json()["translations"][0]["translation"], str)
+    assert r.status_code == 200
+    assert r.json()["translations"][0]["translation"] == Translator(model, vocab, DecodeConfig(beam=2)).translate(["la casa"])[0]
     r = client.post("/translate", json={"texts": ["la casa", "el de", ""], "beam_size": 4, "nbest": 2, "return_attention": True})
     items = r.json()["translations"]
     assert len(items) == 3 and len(items[0]["nbest"]) == 2

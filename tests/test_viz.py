@@ -22,7 +22,15 @@ def test_curves_and_positional(tmp_path):
                 f.write(json.dumps({"kind": "eval", "step": s, "time": s * 2.0, "dev_loss": 4 - s / 12, "dev_bleu": s / 2}) + "\n")
     png = viz.plot_curves(run, tmp_path / "c.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert viz.plot_positional(tmp_path / "p.png").stat().st_size > 10_000
+    img = _pixels(png)
+    assert img.shape[:2] == (round(3.8 * 110), 3 * 5 * 110)  # three panels: losses, dev BLEU, learning rate
+    assert img[..., :3].std() > 0.05  # drawn, not blank
+    with open(run / "log.jsonl", "w") as f:  # a language model's log: no BLEU, two panels
+        for s in range(1, 40):
+            f.write(json.dumps({"kind": "train", "step": s, "time": s * 2.0, "loss": 5 - s / 10, "nll": 4 - s / 10, "lr": 1e-3}) + "\n")
+    assert _pixels(viz.plot_curves(run, tmp_path / "c2.png")).shape[1] == 2 * 5 * 110
+    pos = _pixels(viz.plot_positional(tmp_path / "p.png"))
+    assert pos.shape[:2] == (round(4.2 * 110), 16 * 110) and pos[..., :3].std() > 0.1
 
 
 def test_attention_maps_are_distributions_over_the_right_tokens(tmp_path):
@@ -35,4 +43,13 @@ def test_attention_maps_are_distributions_over_the_right_tokens(tmp_path):
     assert maps["encoder"][0].shape == (4, s, s) and maps["cross"][1].shape == (4, t, s)
     torch.testing.assert_close(maps["cross"][0].sum(-1), torch.ones(4, t))
     assert torch.all(maps["decoder"][0].triu(1) == 0)
-    assert viz.plot_attention(model, vocab, "abc de", tmp_path / "a.png", layers=[1], heads=[0, 1]).is_file()
+    img = _pixels(viz.plot_attention(model, vocab, "abc de", tmp_path / "a.png", layers=[1], heads=[0, 1]))
+    cell = max(2.2, 0.22 * max(s, t))
+    kinds = 3  # one row per (kind, layer): encoder, decoder, cross for layer 1; one column per head
+    assert img.shape[:2] == (round(cell * kinds * 110), round(cell * 2 * 110)) and img[..., :3].std() > 0.05
+
+
+def _pixels(path):
+    import matplotlib.image
+
+    return matplotlib.image.imread(str(path))

@@ -35,7 +35,7 @@ from .quantize import ComputeType, lower_precision
 log = logging.getLogger(__name__)
 
 EXPLICIT_TRAINING_MAX_LEN = 512  # longer key sequences train through SDPA (no T×T scores kept)
-SMALL_QUERY_MAX = 8  # "a few queries": beam search's per-sentence group, or one decoding step
+SMALL_QUERY_MAX = 8  # "a few queries": beam search's group of a sentence's beams (one query each: SDPA)
 
 
 class FastAttention(MultiHeadAttention):
@@ -54,7 +54,8 @@ class FastAttention(MultiHeadAttention):
             if q.requires_grad:
                 explicit = c.explicit_attention(True, q.dtype) and k.size(2) <= EXPLICIT_TRAINING_MAX_LEN
             else:
-                explicit = c.explicit_attention(False, q.dtype) and dropout == 0.0 and not causal and q.size(2) <= SMALL_QUERY_MAX
+                explicit = (c.explicit_attention(False, q.dtype) and dropout == 0.0 and not causal
+                            and 1 < q.size(2) <= SMALL_QUERY_MAX)
             if explicit:
                 if causal:
                     cm = causal_mask(q.size(2), k.size(2), q.device)

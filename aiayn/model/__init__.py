@@ -47,7 +47,7 @@ def check_fits_in_memory(cfg: ModelConfig) -> None:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Distinct trainable parameters (a tied matrix counts once)."""
+    """Distinct parameters (a tied matrix counts once; frozen ones count too)."""
     return sum(p.numel() for p in model.parameters())
 
 

@@ -168,9 +168,8 @@ class DecoderLayer(nn.Module):
         memory_mask: Tensor | None = None,
         self_cache: KVCache | None = None,
         cross_cache: KVCache | None = None,
-        self_mask: Tensor | None = None,
     ) -> Tensor:
-        x = self.res_self(x, lambda h: self.self_attn(h, mask=self_mask, causal=True, cache=self_cache))
+        x = self.res_self(x, lambda h: self.self_attn(h, causal=True, cache=self_cache))
         if self.cross_attn is not None:
             x = self.res_cross(  # type: ignore[misc]
                 x, lambda h: self.cross_attn(h, memory, mask=memory_mask, cache=cross_cache, static_kv=True)

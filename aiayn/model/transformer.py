@@ -10,7 +10,7 @@ projection are one matrix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,6 @@ class DecoderState:
     memory: Tensor | None = None  # (B, S, d)
     memory_mask: Tensor | None = None  # (B, 1, 1, S)
     offset: int = 0
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def empty(cls, n_layers: int, memory: Tensor | None = None, memory_mask: Tensor | None = None) -> "DecoderState":

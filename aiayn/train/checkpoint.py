@@ -89,6 +89,21 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     return config
 
 
+def model_arch(config: dict[str, Any]) -> str:
+    """The architecture a model directory's config.json names (older ones: encoder-decoder)."""
+    return config["model"].get("arch", "encoder-decoder")
+
+
+def last_checkpoints(run_dir: str | Path, n: int) -> list[Path]:
+    """The last ``n`` checkpoints (``step_N`` directories) of a training run, oldest first."""
+    if n < 1:
+        raise CheckpointError(f"the number of checkpoints must be at least 1, got {n}")
+    found = sorted(p for p in (Path(run_dir) / "checkpoints").glob("step_*") if p.is_dir())
+    if not found:
+        raise CheckpointError(f"{run_dir}: no checkpoints under {run_dir}/checkpoints")
+    return found[-n:]
+
+
 def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Any, dict[str, Any]]:
     """Load (model in eval mode, vocabulary, config dict) from a model or checkpoint directory."""
     d = Path(directory)

@@ -83,8 +83,9 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
 def make_optimizer(
     model: nn.Module, lr: float, betas: tuple[float, float], eps: float, weight_decay: float, kind: str = "adam"
 ) -> torch.optim.Optimizer:
-    """Adam (§5.3: β₁ = 0.9, β₂ = 0.98, ε = 1e-9). With weight decay, AdamW that decays matrices only
-    (not biases, LayerNorm gains or embeddings of positions), as nanoGPT does.
+    """Adam (§5.3: β₁ = 0.9, β₂ = 0.98, ε = 1e-9). With weight decay, AdamW that decays every parameter
+    of two or more dimensions — weight matrices, the token embedding and a learned position table — and
+    not biases or LayerNorm gains, as nanoGPT does.
 
     ``kind="muon"`` (not in the paper): the matrices inside the layers (attention projections, the
     feed-forward network) take PyTorch's Muon — momentum whose update is orthogonalised by Newton–Schulz
