@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,34 @@ def load_trainer_state(directory: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise CheckpointError(f"{path}: cannot read trainer state ({type(e).__name__}: {e})") from None
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint ``checkpoints/latest.json`` of a run points at, or None when there is none yet."""
+    latest = Path(run_dir) / "checkpoints" / "latest.json"
+    if not latest.is_file():
+        return None
+    try:
+        name = json.loads(latest.read_text())["path"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{latest}: damaged ({type(e).__name__}: {e}); point it at a checkpoint, "
+                              'e.g. {"path": "step_0001000"}, or remove it to start over') from None
+    path = latest.parent / str(name)
+    if not re.fullmatch(r"step_\d{7}", str(name)) or not path.is_dir():
+        raise CheckpointError(f"{latest}: points at {name!r}, which is not a checkpoint directory here")
+    return path
+
+
+def restore_checkpoint(path: str | Path, model: nn.Module) -> dict[str, Any]:
+    """Load a training checkpoint's weights into ``model`` (checksum verified) and return its trainer
+    state (optimizer, position, random states), read without executing code."""
+    path = Path(path)
+    try:
+        load_model(model, str(path / "model.safetensors"), strict=True)
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: cannot resume from this checkpoint ({e})") from None
+    verify_weights(path, read_config(path))
+    return load_trainer_state(path)
 
 
 def average_checkpoints(directories: list[str | Path], out: str | Path, half: bool = False, overwrite: bool = False) -> Path:

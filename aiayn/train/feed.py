@@ -1,0 +1,71 @@
+"""What each optimiser update trains on: token-bucketed batches of a parallel corpus (§5.1), or random
+windows of a language model's token stream, in an order every process computes the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import ConfigError
+from ..data.batching import ParallelData, collate, lm_batch, token_batches
+from .config import RunConfig
+
+
+class Feed:
+    """The training data of a run and the position in it (epoch, batch, the LM sampler's state)."""
+
+    def __init__(self, run: RunConfig, kind: str, splits: dict[str, Any]) -> None:
+        cfg, m = run.train, run.model
+        self.cfg, self.kind = cfg, kind
+        self.epoch, self.batch_in_epoch = 0, 0
+        self.lm_rng = np.random.default_rng(cfg.seed)  # the same on every process
+        self._batches: list[np.ndarray] = []
+        self._batches_epoch: int | None = None
+        if kind == "parallel":
+            self.train_data = ParallelData(cfg.data, "train")
+            self.dev_data = ParallelData(cfg.data, "dev") if "dev" in splits else None
+        else:
+            self.train_tokens = np.load(Path(cfg.data) / "train.tokens.npy", mmap_mode="r")
+            self.valid_tokens = np.load(Path(cfg.data) / "valid.tokens.npy", mmap_mode="r")
+            self.block = cfg.block_size or m.max_positions
+            if self.block > m.max_positions and m.positional == "learned":
+                raise ConfigError(f"block_size {self.block} exceeds the model's max_positions {m.max_positions}")
+
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        d = self.train_data
+        return token_batches(d.src_lens, d.tgt_lens, self.cfg.max_tokens, self.cfg.seed, epoch)
+
+    def next_update(self, rank: int, world: int) -> tuple[list[tuple[torch.Tensor, ...]], int]:
+        """Process ``rank``'s micro-batches for one optimiser update, and the target tokens of the whole
+        update (all processes); advances the position.
+
+        One update consumes ``update_freq × world`` consecutive batches of the epoch's order; process r
+        takes those with index ≡ r (mod world). Every process computes the same order (the same seed),
+        so nothing about the data needs to be communicated.
+        """
+        per_update = self.cfg.update_freq * world
+        if self.kind == "lm":
+            group = [lm_batch(self.train_tokens, self.block, self.cfg.batch_size, self.lm_rng) for _ in range(per_update)]
+            return group[rank::world], per_update * self.cfg.batch_size * self.block
+        if self._batches_epoch != self.epoch:
+            self._batches, self._batches_epoch = self._epoch_batches(self.epoch), self.epoch
+        if self.batch_in_epoch + per_update > len(self._batches):
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self._batches, self._batches_epoch = self._epoch_batches(self.epoch), self.epoch
+        group = self._batches[self.batch_in_epoch : self.batch_in_epoch + per_update]
+        self.batch_in_epoch += per_update
+        total = sum(int(self.train_data.tgt_lens[idx].sum()) for idx in group)
+        return [collate(self.train_data, idx) for idx in group[rank::world]], total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "lm_rng": json.dumps(self.lm_rng.bit_generator.state)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+        self.lm_rng.bit_generator.state = json.loads(state["lm_rng"])
