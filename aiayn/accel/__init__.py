@@ -87,6 +87,8 @@ def accelerate(model: nn.Module, choice: Choices | None = None, training: bool =
     machine's measured :func:`~aiayn.accel.choose.choices`) selects for training or for decoding.
     Parameters, buffers and state-dict names stay as they are. Returns one line per kind of module
     changed (also logged). Idempotent."""
+    if getattr(model, "_aiayn_accelerated", None) == "training" and not training:
+        return []  # a model being trained keeps its training kernels when it also decodes (dev BLEU)
     c = choices() if choice is None else choice
     onednn = c.onednn_linear_training if training else c.onednn_linear_decoding
     changed: dict[str, int] = {}
@@ -107,6 +109,7 @@ def accelerate(model: nn.Module, choice: Choices | None = None, training: bool =
             swap(m, FastDropout, "nn.Dropout → FastDropout (16-bit random slices)")
         elif type(m) is OutputLayer and onednn:
             swap(m, FastOutputLayer, "output projection → oneDNN")
+    model._aiayn_accelerated = "training" if training else "decoding"
     report = [f"{what}: {n}" for what, n in changed.items()]
     for line in report:
         log.debug("accelerate: %s", line)
@@ -114,10 +117,10 @@ def accelerate(model: nn.Module, choice: Choices | None = None, training: bool =
 
 
 def for_inference(model: nn.Module, compute_type: ComputeType = "float32") -> nn.Module:
-    """The model to decode with: float32 (accelerated in place), a bf16 copy, or an int8 copy."""
+    """The model to decode with, accelerated for decoding: the model itself (float32), a bf16 copy, or an
+    int8 copy. A model accelerated for training (being trained) is used as it is."""
     m = lower_precision(model, compute_type)
-    if compute_type == "float32":
-        accelerate(m)
+    accelerate(m)
     return m
 
 

@@ -124,6 +124,9 @@ def measure() -> Choices:
                    explicit_decoding_f32=decoding[torch.float32], explicit_decoding_bf16=decoding[torch.bfloat16])
 
 
+_MEMO: dict[tuple[str, str], Choices] = {}
+
+
 def choices() -> Choices:
     """This machine's choices: from ``AIAYN_ACCEL``, the cache, or a fresh measurement (then cached)."""
     mode = os.environ.get("AIAYN_ACCEL", "auto").lower()
@@ -132,6 +135,12 @@ def choices() -> Choices:
     if mode in ("1", "on", "all"):
         return Choices.all()
     key, path = cpu_key(), _cache_path()
+    if (key, str(path)) not in _MEMO:
+        _MEMO[key, str(path)] = _cached_or_measured(key, path)
+    return _MEMO[key, str(path)]
+
+
+def _cached_or_measured(key: str, path: Path) -> Choices:
     try:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
