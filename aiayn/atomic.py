@@ -21,9 +21,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 LISTING = ".aiayn-written"
 
@@ -131,7 +132,7 @@ def claim_run_directory(out: str | Path) -> Path:
 
             cfg = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
             legacy = isinstance(cfg, dict) and {"model", "train"} <= set(cfg)
-        except Exception:  # noqa: BLE001 - unreadable: not ours
+        except Exception:  # unreadable: not ours
             legacy = False
     if entries and not legacy:
         shown = ", ".join(entries[:5]) + (", …" if len(entries) > 5 else "")

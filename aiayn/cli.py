@@ -49,7 +49,10 @@ def cmd_prepare(a: argparse.Namespace) -> None:
     for split, info in m["splits"].items():
         dropped = info.get("dropped", {})
         extra = f", dropped {sum(dropped.values())} ({', '.join(f'{k} {v}' for k, v in dropped.items())})" if dropped else ""
-        count = f"{info['pairs']:,} pairs, {info['src_tokens']:,} + {info['tgt_tokens']:,} tokens" if "pairs" in info else f"{info['tokens']:,} tokens"
+        if "pairs" in info:
+            count = f"{info['pairs']:,} pairs, {info['src_tokens']:,} + {info['tgt_tokens']:,} tokens"
+        else:
+            count = f"{info['tokens']:,} tokens"
         print(f"{split}: {count}{extra}")
     print(f"vocabulary: {m['vocab']['kind']} ({m['vocab']['size']:,} entries) → {a.out}")
 
@@ -57,9 +60,7 @@ def cmd_prepare(a: argparse.Namespace) -> None:
 # --- train -------------------------------------------------------------------------------------
 def cmd_train(a: argparse.Namespace) -> None:
     from .config import parse_overrides
-    from .train.loop import load_run_config, train
-
-    from .train.loop import TrainingDiverged
+    from .train.loop import TrainingDiverged, load_run_config, train
 
     run = load_run_config(a.config, parse_overrides(a.set or []))
     _threads(run.train.threads)
@@ -91,14 +92,14 @@ def cmd_average(a: argparse.Namespace) -> None:
 
 
 # --- translate ---------------------------------------------------------------------------------
-def _decode_cfg(a: argparse.Namespace):  # noqa: ANN202
+def _decode_cfg(a: argparse.Namespace):
     from .decode.translate import DecodeConfig
 
     return DecodeConfig(beam=a.beam, alpha=a.alpha, max_len_a=a.max_len_a, max_len_b=a.max_len_b,
                         nbest=getattr(a, "nbest", 1), max_tokens=a.max_tokens, compute_type=a.compute_type)
 
 
-def _load(path: str):  # noqa: ANN202
+def _load(path: str):
     from .train.checkpoint import load_model_dir
 
     return load_model_dir(path)
@@ -145,7 +146,7 @@ def cmd_translate(a: argparse.Namespace) -> None:
             dst.close()
 
 
-def _progress(f, name: str):  # noqa: ANN001, ANN202
+def _progress(f, name: str):
     from tqdm import tqdm
 
     return tqdm(f, desc=name, unit=" lines", file=sys.stderr, disable=None)
@@ -293,7 +294,8 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    ap = argparse.ArgumentParser(prog="aiayn", description="The Transformer of 'Attention Is All You Need': train, translate, evaluate.")
+    ap = argparse.ArgumentParser(prog="aiayn",
+                                 description="The Transformer of 'Attention Is All You Need': train, translate, evaluate.")
     ap.add_argument("--version", action="version", version=f"aiayn {__version__}")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
@@ -320,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spm-model", help="reuse this SentencePiece model")
     p.add_argument("--max-len", type=int, default=256, help="drop pairs with more tokens on a side (counted)")
     p.add_argument("--valid-fraction", type=float, default=0.1, help="--lm without --dev: the last fraction is validation")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it is a data directory aiayn wrote (never anything else)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT if it is a data directory aiayn wrote (never anything else)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train (or resume) a model from a YAML config")
@@ -334,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--last", type=int, default=5)
     p.add_argument("--out", required=True)
     p.add_argument("--half", action="store_true", help="store the weights in float16")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it is a model directory aiayn wrote (never anything else)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT if it is a model directory aiayn wrote (never anything else)")
     p.set_defaults(func=cmd_average)
 
     p = sub.add_parser("translate", help="translate lines from stdin (or --input) to stdout (or --output)")
@@ -411,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long requests wait to be batched together")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("export", help="write a translation model for another engine: CTranslate2, Hugging Face (Marian/Pegasus), ONNX")
+    p = sub.add_parser("export",
+                       help="write a translation model for another engine: CTranslate2, Hugging Face (Marian/Pegasus), ONNX")
     p.add_argument("model")
     p.add_argument("out")
     p.add_argument("--to", choices=["ctranslate2", "hf", "onnx"], required=True)
@@ -429,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     ap = build_parser()
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
     if not getattr(a, "func", None):
         ap.print_help()
         raise SystemExit(2)

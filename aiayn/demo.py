@@ -34,7 +34,7 @@ def shipped_test_file() -> Path | None:
     return None
 
 
-def run_demo(model_dir: str | None = None, n: int = 100, out=sys.stdout) -> dict:  # noqa: ANN001
+def run_demo(model_dir: str | None = None, n: int = 100, out=sys.stdout) -> dict:
     from .decode.translate import Translator
     from .evaluate import read_test_pairs, score_translations
     from .model import count_parameters

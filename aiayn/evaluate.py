@@ -47,7 +47,7 @@ def read_test_pairs(path: str | Path, limit: int = 0) -> tuple[list[str], list[s
     return src, ref
 
 
-def evaluate_translation(model, vocab, test: str | Path, decode: DecodeConfig | None = None,  # noqa: ANN001
+def evaluate_translation(model, vocab, test: str | Path, decode: DecodeConfig | None = None,
                          limit: int = 0, device: str = "cpu") -> tuple[dict, list[str]]:
     src, ref = read_test_pairs(test, limit)
     hyps = Translator(model, vocab, decode, device).translate(src)
@@ -55,20 +55,21 @@ def evaluate_translation(model, vocab, test: str | Path, decode: DecodeConfig | 
 
 
 @torch.no_grad()
-def corpus_loss(model, data: ParallelData, max_tokens: int, device: torch.device | str = "cpu") -> dict[str, float]:  # noqa: ANN001
+def corpus_loss(model, data: ParallelData, max_tokens: int, device: torch.device | str = "cpu") -> dict[str, float]:
     """Teacher-forced per-token NLL (no label smoothing) and perplexity over a whole split."""
     model.eval()
     total, tokens = 0.0, 0
     for idx in token_batches(data.src_lens, data.tgt_lens, max_tokens, shuffle=False):
         src, tgt_in, tgt_out = (t.to(device) for t in collate(data, idx))
         logits = model(src, tgt_in).float()
-        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD_ID, reduction="sum").item()
+        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD_ID,
+                                                   reduction="sum").item()
         tokens += int((tgt_out != PAD_ID).sum())
     loss = total / max(tokens, 1)
     return {"dev_loss": loss, "dev_ppl": math.exp(min(loss, 50.0))}
 
 
-def dev_bleu(model, vocab, dev_jsonl: Path, n: int, device: torch.device | str = "cpu") -> float:  # noqa: ANN001
+def dev_bleu(model, vocab, dev_jsonl: Path, n: int, device: torch.device | str = "cpu") -> float:
     """Greedy BLEU on the first ``n`` dev sentences (a quick signal during training)."""
     src, ref = [], []
     with open(dev_jsonl, encoding="utf-8") as f:
@@ -83,7 +84,8 @@ def dev_bleu(model, vocab, dev_jsonl: Path, n: int, device: torch.device | str =
 
 
 @torch.no_grad()
-def lm_loss(model, tokens: np.ndarray, block_size: int, device: torch.device | str = "cpu", batch_size: int = 32) -> dict[str, float]:  # noqa: ANN001
+def lm_loss(model, tokens: np.ndarray, block_size: int, device: torch.device | str = "cpu",
+            batch_size: int = 32) -> dict[str, float]:
     """Mean NLL (nats/token) predicting every token of ``tokens[1:]`` exactly once.
 
     The text is cut into consecutive windows of ``block_size`` inputs; window w predicts tokens
@@ -106,13 +108,14 @@ def lm_loss(model, tokens: np.ndarray, block_size: int, device: torch.device | s
             x[r, :n] = x_all[s : s + n]
             y[r, :n] = x_all[s + 1 : s + 1 + n]
         logits = model(x.to(device)).float()
-        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), ignore_index=-100, reduction="sum").item()
+        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), ignore_index=-100,
+                                                   reduction="sum").item()
         count += sum(lengths)
     loss = total / count
     return {"val_loss": loss, "ppl": math.exp(loss), "tokens": count}
 
 
-def evaluate_lm_text(model, vocab, path: str | Path, tail_fraction: float = 0.0, block_size: int = 0) -> dict:  # noqa: ANN001
+def evaluate_lm_text(model, vocab, path: str | Path, tail_fraction: float = 0.0, block_size: int = 0) -> dict:
     """Loss and perplexity of a language model on a text file, every token predicted once, in windows of
     ``block_size`` (0: the model's ``max_positions``). ``tail_fraction`` scores only the last fraction of
     the text: 0.1 is the validation split ``aiayn prepare --lm`` (and nanoGPT) make."""

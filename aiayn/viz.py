@@ -66,7 +66,7 @@ def plot_curves(run_dir: str | Path, out: str | Path, title: str | None = None) 
     return _save(fig, out)
 
 
-def _minutes_axis(ax, train: list[dict]) -> None:  # noqa: ANN001
+def _minutes_axis(ax, train: list[dict]) -> None:
     """A secondary x axis in training minutes, interpolated from the log."""
     steps = [r["step"] for r in train]
     mins = [r["time"] / 60 for r in train]
@@ -87,7 +87,8 @@ def plot_positional(out: str | Path, positions: int = 50, d_model: int = 512) ->
     for ax, layout in zip(axes[:2], ("interleaved", "concat")):
         pe = sinusoidal_table(positions, d_model, layout)
         im = ax.imshow(pe.numpy(), aspect="auto", cmap="RdBu", vmin=-1, vmax=1)
-        ax.set_title("interleaved sin/cos (the paper, §3.5)" if layout == "interleaved" else "concatenated [sin | cos] (HF Marian layout)")
+        paper = layout == "interleaved"
+        ax.set_title("interleaved sin/cos (the paper, §3.5)" if paper else "concatenated [sin | cos] (HF Marian layout)")
         ax.set_xlabel("dimension")
         ax.set_ylabel("position")
     fig.colorbar(im, ax=axes[1])
@@ -102,7 +103,7 @@ def plot_positional(out: str | Path, positions: int = 50, d_model: int = 512) ->
 
 
 @torch.no_grad()
-def attention_maps(model, vocab, text: str, beam: int = 1, tgt_tokens: list[int] | None = None) -> dict:  # noqa: ANN001
+def attention_maps(model, vocab, text: str, beam: int = 1, tgt_tokens: list[int] | None = None) -> dict:
     """Translate ``text`` (or take ``tgt_tokens``, a translation already made) and return the tokens and
     every layer's attention weights for that translation.
 
@@ -121,7 +122,8 @@ def attention_maps(model, vocab, text: str, beam: int = 1, tgt_tokens: list[int]
     with recording_attention(model) as record:
         model(src, tgt_in)
     maps = {name: w[0].float() for name, w in record.items()}
-    out = {"src": vocab.pieces(src_ids + [EOS_ID]), "tgt": vocab.pieces(tgt_tokens + [EOS_ID]), "translation": vocab.decode(tgt_tokens)}
+    out = {"src": vocab.pieces(src_ids + [EOS_ID]), "tgt": vocab.pieces(tgt_tokens + [EOS_ID]),
+           "translation": vocab.decode(tgt_tokens)}
     # The decoder read <s> y; row i is the prediction of target token i (y_i, or </s> last).
     out["encoder"] = [v for k, v in maps.items() if k.startswith("encoder.") and k.endswith("self_attn")]
     out["decoder"] = [v for k, v in maps.items() if k.startswith("decoder.") and k.endswith("self_attn")]
@@ -129,7 +131,7 @@ def attention_maps(model, vocab, text: str, beam: int = 1, tgt_tokens: list[int]
     return out
 
 
-def plot_attention(model, vocab, text: str, out: str | Path, kinds: tuple[str, ...] = ("encoder", "decoder", "cross"),  # noqa: ANN001
+def plot_attention(model, vocab, text: str, out: str | Path, kinds: tuple[str, ...] = ("encoder", "decoder", "cross"),
                    layers: list[int] | None = None, heads: list[int] | None = None) -> Path:
     """A grid of attention maps with token labels: one row per (kind, layer), one column per head."""
     plt = _plt()
@@ -161,7 +163,7 @@ def plot_attention(model, vocab, text: str, out: str | Path, kinds: tuple[str, .
     return _save(fig, out)
 
 
-def _save(fig, out: str | Path) -> Path:  # noqa: ANN001
+def _save(fig, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -5,7 +5,8 @@ the Spanish→English Bible corpus, average the last checkpoints, and report tes
     python benchmarks/mt_budget.py --minutes 2 --out /tmp/b # a quick look
 
 The recipe is configs/bible-es-en-30min.yaml (4 + 2 layers, pre-LN, cosine decay over the budget);
-only the time budget and the checkpoint spacing change. The last line is one JSON object with ``bleu``, ``chrf``, ``minutes``, ``steps``.
+only the time budget and the checkpoint spacing change. The last line is one JSON object with ``bleu``,
+``chrf``, ``minutes``, ``steps``.
 The Hugging Face MarianMTModel baseline of the same size reached 28.6 sacreBLEU in 30 minutes on
 this machine (measured outside this script; see docs/results.md), printed as a reference ratio.
 """
@@ -46,7 +47,8 @@ def main() -> None:
     out = Path(args.out)
     data = out / "data"
     d = ROOT / "data" / "bible-es-en"
-    prepare(PrepareConfig(train=str(d / "train.tsv"), dev=str(d / "dev.tsv"), test=str(d / "test.tsv"), out=str(data), vocab_size=8000))
+    prepare(PrepareConfig(train=str(d / "train.tsv"), dev=str(d / "dev.tsv"), test=str(d / "test.tsv"), out=str(data),
+                          vocab_size=8000))
     # Checkpoints every ~1/20 of the budget, so that the last few span its final quarter.
     run = load_run_config(args.config, {"train": {"data": str(data), "out": str(out / "run"), "max_minutes": args.minutes,
                                                   "threads": args.threads, "keep_last": args.average,

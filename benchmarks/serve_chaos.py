@@ -61,7 +61,8 @@ async def chaos(url: str, port: int, sentences: list[str], rounds: int) -> dict:
             t0 = time.perf_counter()
             try:
                 # ensure_ascii: a lone surrogate travels as the JSON escape \ud800, as a hostile client would send it
-                r = await c.post(url + "/translate", content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+                r = await c.post(url + "/translate", content=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"})
             except httpx.HTTPError as e:
                 statuses[kind][type(e).__name__] += 1
                 if good:
@@ -84,7 +85,8 @@ async def chaos(url: str, port: int, sentences: list[str], rounds: int) -> dict:
             for j in range(rounds):
                 s = base[(i * rounds + j) % len(base)]
                 r = await post(kind, {"text": s})
-                if r is not None and r.status_code == 200 and r.json()["translations"][0]["translation"] != alone[s]["translation"]:
+                ok = r is not None and r.status_code == 200
+                if ok and r.json()["translations"][0]["translation"] != alone[s]["translation"]:
                     wrong.append(f"{kind}: {s!r}")
 
         async def attention(i: int) -> None:
@@ -126,8 +128,10 @@ async def chaos(url: str, port: int, sentences: list[str], rounds: int) -> dict:
             latency["slow_client"].append(time.perf_counter() - t0)
             if status != 200:
                 innocent.append(f"slow client: {status}")
-            elif json.loads(data.split(b"\r\n\r\n", 1)[1])["translations"][0]["translation"] != alone[sentences[i]]["translation"]:
-                wrong.append("slow client")
+            else:
+                answer = json.loads(data.split(b"\r\n\r\n", 1)[1])["translations"][0]["translation"]
+                if answer != alone[sentences[i]]["translation"]:
+                    wrong.append("slow client")
 
         async def oversize() -> None:
             t0 = time.perf_counter()
@@ -155,8 +159,10 @@ async def chaos(url: str, port: int, sentences: list[str], rounds: int) -> dict:
     return {
         "seconds": {"small_alone": round(alone_s, 1), "chaos": round(chaos_s, 1), "overload_burst": round(burst_s, 1)},
         "small_alone_p50_ms": pct(latency["small_alone"], 0.5), "small_alone_p99_ms": pct(latency["small_alone"], 0.99),
-        "small_in_chaos_p50_ms": pct(latency["small_in_chaos"], 0.5), "small_in_chaos_p99_ms": pct(latency["small_in_chaos"], 0.99),
-        "slow_client_p50_ms": pct(latency["slow_client"], 0.5), "big_accepted_p50_ms": pct(latency["big_accepted"], 0.5), "oversize_body_p50_ms": pct(latency["oversize_body"], 0.5),
+        "small_in_chaos_p50_ms": pct(latency["small_in_chaos"], 0.5),
+        "small_in_chaos_p99_ms": pct(latency["small_in_chaos"], 0.99),
+        "slow_client_p50_ms": pct(latency["slow_client"], 0.5), "big_accepted_p50_ms": pct(latency["big_accepted"], 0.5),
+        "oversize_body_p50_ms": pct(latency["oversize_body"], 0.5),
         "statuses": {k: {str(s): n for s, n in v.items()} for k, v in statuses.items()},
         "requests": sum(sum(v.values()) for v in statuses.values()),
         "wrong_answers": len(wrong), "wrong_examples": wrong[:5],
@@ -211,7 +217,8 @@ def main() -> None:
     res = {"benchmark": "serve_chaos", "machine": cpu(), "threads": args.threads, "model": Path(args.model).name,
            "max_queue_work": args.max_queue_work, "max_batch_work": args.max_batch_work, **res}
     print(f"CPU: {describe()}, {args.threads} threads")
-    print(f"{res['rounds']} rounds, {res['requests']} requests: wrong answers {res['wrong_answers']}, innocent failures {res['innocent_failures']}")
+    print(f"{res['rounds']} rounds, {res['requests']} requests: wrong answers {res['wrong_answers']}, "
+          f"innocent failures {res['innocent_failures']}")
     print(f"small requests p50/p99 (last round): alone {res['small_alone_p50_ms']}/{res['small_alone_p99_ms']} ms, "
           f"in chaos {res['small_in_chaos_p50_ms']}/{res['small_in_chaos_p99_ms']} ms; a big request (64 texts) "
           f"{res['big_accepted_p50_ms']} ms")

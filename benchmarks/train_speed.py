@@ -51,10 +51,10 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
+    from aiayn.accel import accelerate
     from aiayn.config import PAD_ID, preset
     from aiayn.data.batching import ParallelData, collate, token_batches
     from aiayn.data.prepare import PrepareConfig, prepare
-    from aiayn.accel import accelerate
     from aiayn.export.hf import to_hf
     from aiayn.model import build_model
     from aiayn.runtime import keep_freed_memory

@@ -22,8 +22,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,10 +34,10 @@ Batch = list[list[int]]
 Engine = Callable[[Batch], list[list[int]]]
 
 
-def _aiayn(model, compute_type: str, beam: int) -> Engine:  # noqa: ANN001
+def _aiayn(model, compute_type: str, beam: int) -> Engine:
+    from aiayn.accel import for_inference
     from aiayn.data.batching import source_tensor
     from aiayn.decode.search import beam_search, greedy_search, max_lengths
-    from aiayn.accel import for_inference
 
     m = for_inference(model, compute_type)
 
@@ -77,7 +77,7 @@ def _hf(path: Path, beam: int) -> Engine:
     return run
 
 
-def _ct2(path: Path, compute_type: str, beam: int, threads: int, vocab) -> Engine:  # noqa: ANN001
+def _ct2(path: Path, compute_type: str, beam: int, threads: int, vocab) -> Engine:
     import ctranslate2
 
     tr = ctranslate2.Translator(str(path), device="cpu", compute_type=compute_type, intra_threads=threads, inter_threads=1)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from aiayn.serve.process import ServerProcess
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-from aiayn.serve.process import ServerProcess
 
 try:
     from playwright.sync_api import sync_playwright

@@ -35,10 +35,12 @@ def test_help_lists_commands():
 
 def test_prepare_train_average_translate_evaluate(toy_corpus, tmp_path):
     data, run = tmp_path / "data", tmp_path / "run"
-    aiayn("prepare", "--train", str(toy_corpus["train"]), "--dev", str(toy_corpus["dev"]), "--out", str(data), "--vocab-size", "120")
+    aiayn("prepare", "--train", str(toy_corpus["train"]), "--dev", str(toy_corpus["dev"]), "--out", str(data), "--vocab-size",
+          "120")
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"model:\n  preset: tiny\n  d_model: 32\n  d_ff: 64\ntrain:\n  data: {data}\n  out: {run}\n"
-                   "  warmup: 20\n  max_tokens: 300\n  max_steps: 6\n  save_every: 3\n  eval_every: 3\n  eval_bleu_sentences: 5\n")
+                   "  warmup: 20\n  max_tokens: 300\n  max_steps: 6\n  save_every: 3\n  eval_every: 3\n"
+                   "  eval_bleu_sentences: 5\n")
     last = json.loads(aiayn("train", str(cfg)).stdout.strip().splitlines()[-1])
     assert last["step"] == 6 and "dev_loss" in last
     aiayn("average", "--run", str(run), "--last", "2", "--out", str(tmp_path / "avg"), "--half")
@@ -76,5 +78,6 @@ def test_demo_runs_the_shipped_model():
 
 @pytest.mark.slow
 def test_shipped_model_scores_on_the_test_split():
-    r = aiayn("evaluate", "--model", str(ROOT / "models" / "bible-es-en"), "--test", str(ROOT / "data" / "bible-es-en" / "test.tsv"))
+    r = aiayn("evaluate", "--model", str(ROOT / "models" / "bible-es-en"), "--test",
+              str(ROOT / "data" / "bible-es-en" / "test.tsv"))
     assert json.loads(r.stdout.strip().splitlines()[-1])["bleu"] > 30

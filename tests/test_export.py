@@ -29,7 +29,8 @@ def trained(request, toy_data, tmp_path_factory):
 
 
 def _ours(model, vocab, ids):
-    return [h[0].tokens for h in Translator(model, vocab, DecodeConfig(beam=1, max_len_a=0, max_len_b=MAX_LEN)).translate_ids(ids)]
+    translator = Translator(model, vocab, DecodeConfig(beam=1, max_len_a=0, max_len_b=MAX_LEN))
+    return [h[0].tokens for h in translator.translate_ids(ids)]
 
 
 def _test_ids(vocab, toy_corpus):

@@ -19,7 +19,8 @@ from aiayn.train.loop import load_run_config, train
 
 def lm(**kw):
     torch.manual_seed(0)
-    return LanguageModel(preset("gpt-nano", vocab_size=30, d_model=32, d_ff=64, n_decoder_layers=2, max_positions=16, **kw)).eval()
+    return LanguageModel(preset("gpt-nano", vocab_size=30, d_model=32, d_ff=64, n_decoder_layers=2, max_positions=16,
+                                **kw)).eval()
 
 
 @pytest.mark.parametrize("prompt_len", [3, 16, 25])  # shorter than, equal to, longer than the block

@@ -10,8 +10,17 @@ import torch.nn.functional as F
 
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, ConfigError, preset
 from aiayn.model import (
-    DecoderState, EncoderModel, LanguageModel, Transformer, attention, build_model, count_parameters,
-    parameter_breakdown, recording_attention, set_attention_impl, sinusoidal_table,
+    DecoderState,
+    EncoderModel,
+    LanguageModel,
+    Transformer,
+    attention,
+    build_model,
+    count_parameters,
+    parameter_breakdown,
+    recording_attention,
+    set_attention_impl,
+    sinusoidal_table,
 )
 from aiayn.model.attention import MultiHeadAttention
 

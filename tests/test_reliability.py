@@ -49,7 +49,8 @@ def test_prepare_refuses_a_users_folder(toy_corpus, tmp_path):
     r = aiayn("prepare", "--train", str(toy_corpus["train"]), "--out", str(mine), "--vocab-size", "100", check=False)
     assert r.returncode == 2 and r.stderr.startswith("aiayn: error: ") and "not written by aiayn" in r.stderr
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
-    r = aiayn("prepare", "--train", str(toy_corpus["train"]), "--out", str(mine), "--vocab-size", "100", "--overwrite", check=False)
+    r = aiayn("prepare", "--train", str(toy_corpus["train"]), "--out", str(mine), "--vocab-size", "100", "--overwrite",
+              check=False)
     assert r.returncode == 2 and tree(mine) == before
 
 
@@ -293,7 +294,8 @@ def test_kill_9_at_random_points_then_resume_is_exact(toy_data, tmp_path, refere
     rng = random.Random(int(os.environ.get("AIAYN_FAULT_SEED", "14")))
     for i in range(24):
         point = rng.choice(["step", "weights", "rename", "rmtree"])
-        k = {"step": rng.randint(1, 8), "weights": rng.randint(1, 4), "rename": rng.randint(1, 14), "rmtree": rng.randint(1, 2)}[point]
+        highest = {"step": 8, "weights": 4, "rename": 14, "rmtree": 2}[point]
+        k = rng.randint(1, highest)
         out = tmp_path / f"run{i}"
         r = _train(toy_data, out, {"KILL_POINT": point, "KILL_AT": str(k)})
         if r.returncode == 0:  # the point was never reached: nothing to resume

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from aiayn.serve.app import Limits, create_app  # noqa: E402
-from aiayn.train.loop import load_run_config, train  # noqa: E402
+from aiayn.serve.app import Limits, create_app
+from aiayn.train.loop import load_run_config, train
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,11 @@ def test_curves_and_positional(tmp_path):
     run.mkdir()
     with open(run / "log.jsonl", "w") as f:
         for s in range(1, 40):
-            f.write(json.dumps({"kind": "train", "step": s, "time": s * 2.0, "loss": 5 - s / 10, "nll": 4 - s / 10, "lr": 1e-3}) + "\n")
+            f.write(json.dumps({"kind": "train", "step": s, "time": s * 2.0, "loss": 5 - s / 10, "nll": 4 - s / 10,
+                                "lr": 1e-3}) + "\n")
             if s % 10 == 0:
-                f.write(json.dumps({"kind": "eval", "step": s, "time": s * 2.0, "dev_loss": 4 - s / 12, "dev_bleu": s / 2}) + "\n")
+                f.write(json.dumps({"kind": "eval", "step": s, "time": s * 2.0, "dev_loss": 4 - s / 12,
+                                    "dev_bleu": s / 2}) + "\n")
     png = viz.plot_curves(run, tmp_path / "c.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     img = _pixels(png)
@@ -27,7 +29,8 @@ def test_curves_and_positional(tmp_path):
     assert img[..., :3].std() > 0.05  # drawn, not blank
     with open(run / "log.jsonl", "w") as f:  # a language model's log: no BLEU, two panels
         for s in range(1, 40):
-            f.write(json.dumps({"kind": "train", "step": s, "time": s * 2.0, "loss": 5 - s / 10, "nll": 4 - s / 10, "lr": 1e-3}) + "\n")
+            f.write(json.dumps({"kind": "train", "step": s, "time": s * 2.0, "loss": 5 - s / 10, "nll": 4 - s / 10,
+                                "lr": 1e-3}) + "\n")
     assert _pixels(viz.plot_curves(run, tmp_path / "c2.png")).shape[1] == 2 * 5 * 110
     pos = _pixels(viz.plot_positional(tmp_path / "p.png"))
     assert pos.shape[:2] == (round(4.2 * 110), 16 * 110) and pos[..., :3].std() > 0.1

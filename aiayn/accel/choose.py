@@ -18,9 +18,9 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ class Choices:
     explicit_decoding_bf16: bool = False  # the same with bf16 weights
 
     @classmethod
-    def all(cls) -> "Choices":
+    def all(cls) -> Choices:
         from .linear import AVAILABLE
 
         return cls(AVAILABLE, AVAILABLE, True, True, True, True, True)
@@ -55,7 +55,7 @@ class Choices:
         return False
 
     @classmethod
-    def none(cls) -> "Choices":
+    def none(cls) -> Choices:
         return cls()
 
 

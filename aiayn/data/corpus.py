@@ -14,9 +14,10 @@ by the caller and counted, never silently.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 
 class CorpusError(ValueError):
@@ -39,7 +40,8 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             except UnicodeDecodeError as e:
                 raise CorpusError(f"{path}:{n}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
             if "\x00" in text:
-                raise CorpusError(f"{path}:{n}: NUL byte at character {text.index(chr(0)) + 1} (a binary file, or text in UTF-16?)")
+                raise CorpusError(f"{path}:{n}: NUL byte at character {text.index(chr(0)) + 1} "
+                                  "(a binary file, or text in UTF-16?)")
             yield n, text.rstrip("\r\n")
 
 
@@ -63,7 +65,8 @@ def read_tsv(path: Path) -> Iterator[Pair]:
         fields = line.split("\t")
         if columns is None:
             if len(fields) not in (2, 3):
-                raise CorpusError(f"{path}:{n}: expected 2 (src, tgt) or 3 (ref, src, tgt) tab-separated columns, found {len(fields)}")
+                raise CorpusError(f"{path}:{n}: expected 2 (src, tgt) or 3 (ref, src, tgt) tab-separated columns, "
+                                  f"found {len(fields)}")
             columns = len(fields)
         if len(fields) != columns:
             raise CorpusError(f"{path}:{n}: expected {columns} tab-separated columns like line 1, found {len(fields)}")
@@ -91,7 +94,8 @@ def read_two_files(src_path: Path, tgt_path: Path) -> Iterator[Pair]:
             return
         if s is None or t is None:
             shorter, longer, n = (src_path, tgt_path, t[0]) if s is None else (tgt_path, src_path, s[0])  # type: ignore[index]
-            raise CorpusError(f"{longer}:{n}: has more lines than {shorter} ({n - 1}); parallel files must be aligned line by line")
+            raise CorpusError(f"{longer}:{n}: has more lines than {shorter} ({n - 1}); "
+                              "parallel files must be aligned line by line")
         yield Pair(s[1], t[1], f"{src_path}:{s[0]}")
 
 

@@ -99,7 +99,8 @@ def _check_options(cfg: PrepareConfig) -> None:
         try:
             SentencePieceVocab.load(p)
         except (RuntimeError, ValueError, OSError) as e:
-            raise CorpusError(f"{p}: not a usable SentencePiece model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CorpusError(f"{p}: not a usable SentencePiece model ({why})") from None
 
 
 def prepare(cfg: PrepareConfig) -> dict:
@@ -113,7 +114,8 @@ def prepare(cfg: PrepareConfig) -> dict:
             old = json.loads(manifest_path.read_text())
         except (ValueError, UnicodeDecodeError):
             old = {}
-        if isinstance(old, dict) and old.get("format") == FORMAT and old.get("inputs") == fp["inputs"] and old.get("options") == fp["options"]:
+        same = isinstance(old, dict) and old.get("format") == FORMAT
+        if same and old.get("inputs") == fp["inputs"] and old.get("options") == fp["options"]:
             log.info("%s is up to date (same inputs and options): nothing to do", out)
             old["up_to_date"] = True
             return old
@@ -209,7 +211,7 @@ def _prepare_lm(cfg: PrepareConfig, tmp: Path) -> dict:
     return info
 
 
-def encode_lm_text(vocab, text: str) -> list[int]:  # noqa: ANN001
+def encode_lm_text(vocab, text: str) -> list[int]:
     """A language model's token stream: characters as they are; with SentencePiece, each line
     followed by </s> (the line break, which SentencePiece does not keep)."""
     if vocab.kind == "char":

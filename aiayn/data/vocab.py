@@ -8,8 +8,9 @@ everything needed to use it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Protocol
 
 from ..config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
@@ -44,7 +45,7 @@ class SentencePieceVocab:
 
     @classmethod
     def train(cls, sentences: Iterable[str], vocab_size: int, model_type: str = "bpe", seed: int = 1234,
-              character_coverage: float = 1.0, max_sentences: int = 2_000_000) -> "SentencePieceVocab":
+              character_coverage: float = 1.0, max_sentences: int = 2_000_000) -> SentencePieceVocab:
         import io
 
         import sentencepiece as spm
@@ -61,7 +62,7 @@ class SentencePieceVocab:
         return cls(out.getvalue())
 
     @classmethod
-    def load(cls, path: Path) -> "SentencePieceVocab":
+    def load(cls, path: Path) -> SentencePieceVocab:
         return cls(Path(path).read_bytes())
 
     def __len__(self) -> int:
@@ -99,14 +100,14 @@ class CharVocab:
         self.index = {c: i + len(SPECIALS) for i, c in enumerate(chars)}
 
     @classmethod
-    def train(cls, texts: Iterable[str]) -> "CharVocab":
+    def train(cls, texts: Iterable[str]) -> CharVocab:
         seen: set[str] = set()
         for t in texts:
             seen.update(t)
         return cls(sorted(seen))
 
     @classmethod
-    def load(cls, path: Path) -> "CharVocab":
+    def load(cls, path: Path) -> CharVocab:
         return cls(json.loads(Path(path).read_text(encoding="utf-8"))["chars"])
 
     def __len__(self) -> int:

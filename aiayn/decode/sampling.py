@@ -63,7 +63,7 @@ def _generator(cfg: SampleConfig) -> torch.Generator | None:
 
 
 @torch.no_grad()
-def generate(model, prompt: Tensor, cfg: SampleConfig, block_size: int | None = None) -> Tensor:  # noqa: ANN001
+def generate(model, prompt: Tensor, cfg: SampleConfig, block_size: int | None = None) -> Tensor:
     """prompt (B, T) → (B, T + max_new_tokens), with a key/value cache while the context fits."""
     block = block_size or model.block_size
     gen = _generator(cfg)
@@ -81,7 +81,7 @@ def generate(model, prompt: Tensor, cfg: SampleConfig, block_size: int | None = 
 
 
 @torch.no_grad()
-def generate_uncached(model, prompt: Tensor, cfg: SampleConfig, block_size: int | None = None) -> Tensor:  # noqa: ANN001
+def generate_uncached(model, prompt: Tensor, cfg: SampleConfig, block_size: int | None = None) -> Tensor:
     """The reference: every step runs the model over the last ``block_size`` tokens (nanoGPT)."""
     block = block_size or model.block_size
     gen = _generator(cfg)
@@ -92,7 +92,7 @@ def generate_uncached(model, prompt: Tensor, cfg: SampleConfig, block_size: int 
     return ids
 
 
-def generate_text(model, vocab, prompt: str, cfg: SampleConfig, stop: list[str] | None = None) -> str:  # noqa: ANN001
+def generate_text(model, vocab, prompt: str, cfg: SampleConfig, stop: list[str] | None = None) -> str:
     """Continue ``prompt``; the text is cut before the first stop string, if any appears."""
     if any(not s for s in stop or []):
         raise ValueError("a stop string must not be empty")

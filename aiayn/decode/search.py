@@ -29,7 +29,7 @@ def max_lengths(src: Tensor, extra: int = 50, a: float = 1.0) -> Tensor:
     return (a * src_len).long() + extra
 
 
-def _next_token_scores(model, tokens: Tensor, state) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+def _next_token_scores(model, tokens: Tensor, state) -> tuple[Tensor, Tensor]:
     """One decoder step → (logits with <pad> and <s> forbidden, log Σ exp logits), both per row.
 
     log P(y) = logit(y) − logsumexp(logits): the search ranks logits and subtracts the normaliser only for
@@ -52,7 +52,7 @@ class Hypothesis:
 
 
 @torch.no_grad()
-def greedy_search(model, src: Tensor, max_len: Tensor) -> list[Hypothesis]:  # noqa: ANN001
+def greedy_search(model, src: Tensor, max_len: Tensor) -> list[Hypothesis]:
     """Pick the most probable next token until </s> or the length limit. src: (B, S)."""
     b = src.size(0)
     state = model.start(src)
@@ -132,7 +132,7 @@ class _Finished:
 
 
 @torch.no_grad()
-def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float = 0.6, nbest: int = 1) -> list[list[Hypothesis]]:  # noqa: ANN001
+def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float = 0.6, nbest: int = 1) -> list[list[Hypothesis]]:
     """Batched beam search (§6.1: beam 4, α = 0.6, max length = input + 50, early termination).
 
     Alive hypotheses are ranked by log-probability; finished ones by log P / lp(|Y|), |Y| counting </s>.

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import torch
 
@@ -51,7 +51,7 @@ class BadInput(ValueError):
 class Translator:
     """Translate strings with a :class:`~aiayn.model.Transformer` and its vocabulary."""
 
-    def __init__(self, model, vocab, cfg: DecodeConfig | None = None, device: str | torch.device = "cpu") -> None:  # noqa: ANN001
+    def __init__(self, model, vocab, cfg: DecodeConfig | None = None, device: str | torch.device = "cpu") -> None:
         from ..accel import for_inference
 
         self.vocab, self.cfg = vocab, cfg or DecodeConfig()

@@ -14,37 +14,38 @@ import torch
 
 from ..atomic import atomic_directory
 from ..config import EOS_ID
+from . import ExportError
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy().copy()
 
 
-def _linear(spec, weight: torch.Tensor, bias: torch.Tensor | None) -> None:  # noqa: ANN001
+def _linear(spec, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     spec.weight = _np(weight)
     if bias is not None:
         spec.bias = _np(bias)
 
 
-def _norm(spec, ln) -> None:  # noqa: ANN001
+def _norm(spec, ln) -> None:
     spec.gamma = _np(ln.weight)
     spec.beta = _np(ln.bias) if ln.bias is not None else np.zeros(ln.weight.shape, dtype=np.float32)
 
 
-def _self_attention(spec, attn, norm) -> None:  # noqa: ANN001
+def _self_attention(spec, attn, norm) -> None:
     """Fused [W^Q; W^K; W^V] and W^O, with the sub-layer's LayerNorm."""
     _norm(spec.layer_norm, norm)
     _linear(spec.linear[0], attn.in_proj.weight, attn.in_proj.bias)
     _linear(spec.linear[1], attn.out_proj.weight, attn.out_proj.bias)
 
 
-def _ffn(spec, layer) -> None:  # noqa: ANN001
+def _ffn(spec, layer) -> None:
     _norm(spec.layer_norm, layer.res_ffn.norm)
     _linear(spec.linear_0, layer.ffn.w1.weight, layer.ffn.w1.bias)
     _linear(spec.linear_1, layer.ffn.w2.weight, layer.ffn.w2.bias)
 
 
-def to_ctranslate2(model, vocab, out: str | Path, quantization: str | None = None, max_positions: int = 1024,  # noqa: ANN001
+def to_ctranslate2(model, vocab, out: str | Path, quantization: str | None = None, max_positions: int = 1024,
                    overwrite: bool = False) -> Path:
     """Write ``model`` (a :class:`~aiayn.model.Transformer`) as a CTranslate2 model directory (a new
     one, or with ``overwrite`` one that aiayn exported before)."""
@@ -52,16 +53,19 @@ def to_ctranslate2(model, vocab, out: str | Path, quantization: str | None = Non
 
     cfg = model.cfg
     if cfg.arch != "encoder-decoder":
-        raise ValueError("only encoder-decoder models can be exported to CTranslate2 here")
+        raise ExportError("only encoder-decoder models can be exported to CTranslate2 here")
     if cfg.positional in ("learned", "rope"):
-        raise ValueError(f"{cfg.positional} positions are not supported by this exporter yet")
+        raise ExportError(f"{cfg.positional} positions are not supported by this exporter yet")
     act = common_spec.Activation.RELU if cfg.activation == "relu" else common_spec.Activation.GELU
     spec = transformer_spec.TransformerSpec.from_config(
         (cfg.n_encoder_layers, cfg.n_decoder_layers), cfg.n_heads, pre_norm=cfg.norm == "pre", activation=act)
     d = cfg.d_model
     from ..model.layers import sinusoidal_table
 
-    table = _np(sinusoidal_table(max_positions, d, cfg.pe_layout)) if cfg.positional == "sinusoidal" else np.zeros((max_positions, d), np.float32)
+    if cfg.positional == "sinusoidal":
+        table = _np(sinusoidal_table(max_positions, d, cfg.pe_layout))
+    else:
+        table = np.zeros((max_positions, d), np.float32)
 
     enc, dec = model.encoder, model.decoder
     spec.encoder.embeddings[0].weight = _np(enc.input.embedding.weight)

@@ -33,10 +33,7 @@ from torch import Tensor
 
 from ..atomic import atomic_directory
 from ..config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-
-
-class ExportError(ValueError):
-    """The model cannot be represented exactly by the target format."""
+from . import ExportError
 
 
 def interleaved_to_concat(d_model: int) -> Tensor:
@@ -44,7 +41,7 @@ def interleaved_to_concat(d_model: int) -> Tensor:
     return torch.cat([torch.arange(0, d_model, 2), torch.arange(1, d_model, 2)])
 
 
-def _hf_config(cfg, pre_norm: bool):  # noqa: ANN001, ANN202
+def _hf_config(cfg, pre_norm: bool):
     common = dict(
         vocab_size=cfg.vocab_size, d_model=cfg.d_model, encoder_layers=cfg.n_encoder_layers, decoder_layers=cfg.n_decoder_layers,
         encoder_attention_heads=cfg.n_heads, decoder_attention_heads=cfg.n_heads, encoder_ffn_dim=cfg.d_ff,
@@ -62,7 +59,7 @@ def _hf_config(cfg, pre_norm: bool):  # noqa: ANN001, ANN202
     return MarianConfig(decoder_vocab_size=cfg.vocab_size, share_encoder_decoder_embeddings=True, **common)
 
 
-def hf_state_dict(model) -> dict[str, Tensor]:  # noqa: ANN001
+def hf_state_dict(model) -> dict[str, Tensor]:
     """aiayn's parameters under HF Marian/Pegasus names, with the model dimension permuted (see module doc)."""
     cfg = model.cfg
     d = cfg.d_model
@@ -80,17 +77,17 @@ def hf_state_dict(model) -> dict[str, Tensor]:  # noqa: ANN001
         sd[name + ".weight"] = w.detach().float()[P, :]
         sd[name + ".bias"] = vec(b, w.shape[0])[P]
 
-    def norm(name: str, ln) -> None:  # noqa: ANN001
+    def norm(name: str, ln) -> None:
         sd[name + ".weight"] = ln.weight.detach().float()[P]
         sd[name + ".bias"] = vec(ln.bias, d)[P]
 
-    def attention(name: str, attn) -> None:  # noqa: ANN001
+    def attention(name: str, attn) -> None:
         w, b = attn.in_proj.weight, attn.in_proj.bias
         for i, p in enumerate("qkv"):
             reads(f"{name}.{p}_proj", w[i * d:(i + 1) * d], None if b is None else b[i * d:(i + 1) * d])
         writes(f"{name}.out_proj", attn.out_proj.weight, attn.out_proj.bias)
 
-    def ffn(name: str, layer) -> None:  # noqa: ANN001
+    def ffn(name: str, layer) -> None:
         reads(f"{name}.fc1", layer.ffn.w1.weight, layer.ffn.w1.bias)
         writes(f"{name}.fc2", layer.ffn.w2.weight, layer.ffn.w2.bias)
         norm(f"{name}.final_layer_norm", layer.res_ffn.norm)
@@ -120,7 +117,7 @@ def hf_state_dict(model) -> dict[str, Tensor]:  # noqa: ANN001
     return sd
 
 
-def _positions(pe, n: int) -> Tensor:  # noqa: ANN001
+def _positions(pe, n: int) -> Tensor:
     """The (n, d) table a PositionalEncoding adds: the sinusoids, or a learned table (HF loads it as a weight)."""
     if pe.kind == "none":
         return torch.zeros(n, pe.d_model)
@@ -131,7 +128,7 @@ def _positions(pe, n: int) -> Tensor:  # noqa: ANN001
     return sinusoidal_table(n, pe.d_model, pe.layout)
 
 
-def to_hf(model, vocab, out: str | Path, overwrite: bool = False):  # noqa: ANN001, ANN201
+def to_hf(model, vocab, out: str | Path, overwrite: bool = False):
     """Write ``model`` as a HF ``MarianMTModel`` (post-LN) or ``PegasusForConditionalGeneration`` (pre-LN)
     directory with tokenizer files (a new one, or with ``overwrite`` one that aiayn exported before);
     returns the HF model (in eval mode)."""
@@ -161,11 +158,12 @@ def to_hf(model, vocab, out: str | Path, overwrite: bool = False):  # noqa: ANN0
     return hf
 
 
-def _write_tokenizer(vocab, out: Path) -> None:  # noqa: ANN001
+def _write_tokenizer(vocab, out: Path) -> None:
     """MarianTokenizer files: the SentencePiece model for both sides and the piece → id map in aiayn's order."""
     proto = getattr(vocab, "proto", None)
     if proto is None:  # a character vocabulary: nothing HF's tokenizers can load; the weights are still usable
-        (out / "vocab.json").write_text(json.dumps({p: i for i, p in enumerate(vocab.pieces(range(len(vocab))))}, ensure_ascii=False))
+        (out / "vocab.json").write_text(json.dumps({p: i for i, p in enumerate(vocab.pieces(range(len(vocab))))},
+                                                   ensure_ascii=False))
         return
     for name in ("source.spm", "target.spm"):
         (out / name).write_bytes(proto)

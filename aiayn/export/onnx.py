@@ -37,12 +37,13 @@ from torch import Tensor, nn
 from ..atomic import atomic_directory
 from ..config import BOS_ID, EOS_ID, PAD_ID
 from ..model.attention import KVCache
+from . import ExportError
 
 OPSET = 18
 
 
 class EncoderGraph(nn.Module):
-    def __init__(self, model) -> None:  # noqa: ANN001
+    def __init__(self, model) -> None:
         super().__init__()
         self.model = model
 
@@ -53,7 +54,7 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderStepGraph(nn.Module):
-    def __init__(self, model) -> None:  # noqa: ANN001
+    def __init__(self, model) -> None:
         super().__init__()
         self.model = model
         dec = model.decoder
@@ -81,7 +82,7 @@ class DecoderStepGraph(nn.Module):
         return logits.log_softmax(-1), torch.stack(new_k), torch.stack(new_v)  # type: ignore[arg-type]
 
 
-def _examples(model) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:  # noqa: ANN001
+def _examples(model) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
     cfg = model.cfg
     b, s, t = 2, 5, 3
     src = torch.tensor([[5, 6, 7, 8, EOS_ID], [5, 6, EOS_ID, PAD_ID, PAD_ID]])
@@ -93,22 +94,22 @@ def _examples(model) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:  # noqa: 
     return (src,), step
 
 
-def to_onnx(model, vocab, out: str | Path, beam: int = 4, nbest: int = 1, alpha: float = 0.6,  # noqa: ANN001
+def to_onnx(model, vocab, out: str | Path, beam: int = 4, nbest: int = 1, alpha: float = 0.6,
             extra: int = 50, overwrite: bool = False) -> Path:
     """Write ``encoder.onnx``, ``decoder_step.onnx``, ``beam_search.onnx`` (beam, n-best, α and the
     length limit source + ``extra`` baked in), ``config.json`` and the vocabulary to ``out`` (a new
     directory, or with ``overwrite`` one that aiayn exported before)."""
     cfg = model.cfg
     if cfg.arch != "encoder-decoder":
-        raise ValueError("only encoder-decoder models can be exported to ONNX here")
+        raise ExportError("only encoder-decoder models can be exported to ONNX here")
     if cfg.positional == "rope":
-        raise ValueError("rope positions are not supported by the ONNX exporter yet")
+        raise ExportError("rope positions are not supported by the ONNX exporter yet")
     with atomic_directory(out, overwrite=overwrite, what="export directory") as tmp:
         _write_onnx(model.float().eval(), vocab, tmp, beam, nbest, alpha, extra)
     return Path(out)
 
 
-def _write_onnx(model, vocab, out: Path, beam: int, nbest: int, alpha: float, extra: int) -> None:  # noqa: ANN001
+def _write_onnx(model, vocab, out: Path, beam: int, nbest: int, alpha: float, extra: int) -> None:
     from . import onnx_beam
 
     cfg = model.cfg
@@ -158,7 +159,8 @@ def greedy(path: str | Path, ids: list[list[int]], max_len: int, threads: int = 
     out: list[list[int]] = [[] for _ in range(b)]
     done = np.zeros(b, dtype=bool)
     for t in range(max_len):
-        logp, sk, sv = step.run(None, {"tokens": tokens, "position": np.array(t, dtype=np.int64), "src_mask": src != meta["pad_id"],
+        logp, sk, sv = step.run(None, {"tokens": tokens, "position": np.array(t, dtype=np.int64),
+                                       "src_mask": src != meta["pad_id"],
                                        "cross_k": ck, "cross_v": cv, "self_k": sk, "self_v": sv})
         logp[:, [meta["pad_id"], meta["bos_id"]]] = -np.inf
         best = logp.argmax(-1)

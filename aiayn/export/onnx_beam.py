@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..config import BOS_ID, EOS_ID, PAD_ID
 from ..decode.search import merge_finished
+from . import ExportError
 from .onnx import OPSET, DecoderStepGraph, EncoderGraph
 
 NEG_INF = float("-inf")
@@ -157,7 +158,7 @@ def build(model, beam: int = 4, nbest: int = 1, alpha: float = 0.6, extra: int =
     from onnx import TensorProto, helper
 
     if nbest > beam:
-        raise ValueError(f"nbest ({nbest}) cannot exceed the beam size ({beam})")
+        raise ExportError(f"nbest ({nbest}) cannot exceed the beam size ({beam})")
     model = model.float().eval()
     src = torch.tensor([[5, 6, 7, 8, EOS_ID], [5, 6, EOS_ID, PAD_ID, PAD_ID]])
     init = BeamInit(model, beam, nbest, extra)

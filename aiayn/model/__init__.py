@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from torch import nn
 
@@ -51,7 +51,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def parameter_breakdown(model: nn.Module) -> "OrderedDict[str, int]":
+def parameter_breakdown(model: nn.Module) -> OrderedDict[str, int]:
     """Parameters per component, each shared tensor counted once, where it first appears.
 
     For the encoder-decoder with three-way tying (§3.4) the components are:
@@ -65,7 +65,7 @@ def parameter_breakdown(model: nn.Module) -> "OrderedDict[str, int]":
     exact vocabulary size and counting are not given); paper-big gives 214.1M against Table 3's 213M.
     """
     seen: set[int] = set()
-    out: "OrderedDict[str, int]" = OrderedDict()
+    out: OrderedDict[str, int] = OrderedDict()
 
     def add(name: str, module: nn.Module) -> None:
         n = 0

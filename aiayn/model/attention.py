@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-
 def attention(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout: float = 0.0, training: bool = False
 ) -> tuple[Tensor, Tensor]:
@@ -100,7 +99,8 @@ class Rotary(nn.Module):
 
     Instead of adding the sinusoids of §3.5 to the embeddings, each query and key is rotated by its
     position: the pair (x_i, x_{i+d_k/2}) turns by the angle pos · base^(−2i/d_k), §3.5's geometric
-    progression of frequencies over the head's d_k dimensions. The dot product q·k then depends on the positions only through their difference. The pairs
+    progression of frequencies over the head's d_k dimensions. The dot product q·k then depends on the
+    positions only through their difference. The pairs
     are the two halves of the head (GPT-NeoX / Llama layout; the paper-style interleaved pairs are
     the same model up to a permutation of W^Q and W^K's rows).
     """

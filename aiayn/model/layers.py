@@ -120,7 +120,7 @@ class Residual(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, sublayer) -> Tensor:  # noqa: ANN001 - a callable (B, T, d) → (B, T, d)
+    def forward(self, x: Tensor, sublayer) -> Tensor:  # a callable (B, T, d) → (B, T, d)
         if self.pre:
             return x + self.dropout(sublayer(self.norm(x)))
         return self.norm(x + self.dropout(sublayer(x)))

@@ -42,7 +42,7 @@ class DecoderState:
     offset: int = 0
 
     @classmethod
-    def empty(cls, n_layers: int, memory: Tensor | None = None, memory_mask: Tensor | None = None) -> "DecoderState":
+    def empty(cls, n_layers: int, memory: Tensor | None = None, memory_mask: Tensor | None = None) -> DecoderState:
         return cls([KVCache() for _ in range(n_layers)], [KVCache() for _ in range(n_layers)], memory, memory_mask)
 
     def select(self, index: Tensor) -> None:

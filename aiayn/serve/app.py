@@ -52,7 +52,7 @@ class TranslateRequest(BaseModel):
     return_attention: bool = False
 
     @model_validator(mode="after")
-    def one_of(self) -> "TranslateRequest":
+    def one_of(self) -> TranslateRequest:
         if (self.text is None) == (self.texts is None):
             raise ValueError("give exactly one of `text` or `texts`")
         if self.nbest > self.beam_size:
@@ -224,7 +224,7 @@ class Service:
         t0 = time.perf_counter()
         try:
             results = await self.call(self._translate, ids, *key)
-        except Exception:  # noqa: BLE001 - find the request that broke the batch: decode each alone
+        except Exception:  # find the request that broke the batch: decode each alone
             if len(batch) == 1:
                 results = None
             else:
@@ -266,7 +266,8 @@ class Service:
             results = await asyncio.wait_for(asyncio.shield(fut), self.limits.timeout_s)
         except asyncio.TimeoutError:
             job.cancelled = True
-            raise RequestError(504, f"not answered within {self.limits.timeout_s:g} s (the server is busy); retry later") from None
+            raise RequestError(504,
+                               f"not answered within {self.limits.timeout_s:g} s (the server is busy); retry later") from None
         except asyncio.CancelledError:  # the client went away: don't decode the rest for nobody
             job.cancelled = True
             raise
@@ -369,7 +370,7 @@ def create_app(model_dir: str | Path, limits: Limits | None = None) -> FastAPI:
     service = Service(model_dir, limits)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):  # noqa: ANN202
+    async def lifespan(app: FastAPI):
         service.worker = asyncio.create_task(service.run())
         yield
         # uvicorn has stopped accepting connections and let in-flight requests finish (SIGTERM, Ctrl-C).
@@ -398,7 +399,8 @@ def create_app(model_dir: str | Path, limits: Limits | None = None) -> FastAPI:
     async def health() -> dict[str, Any]:
         """Alive; with the queue's state (texts and work waiting, batches run)."""
         live = [j for j in service.pending if not j.cancelled]
-        return {"status": "ok", "unanswered_requests": service.unanswered, "queued_requests": len(live), "queued_texts": sum(len(j.ids) - j.next for j in live),
+        return {"status": "ok", "unanswered_requests": service.unanswered, "queued_requests": len(live),
+                "queued_texts": sum(len(j.ids) - j.next for j in live),
                 "queued_work": service.queued_work(), "max_queue_work": service.limits.max_queue_work,
                 "batches": service.batches, "draining": service.draining}
 

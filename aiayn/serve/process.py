@@ -41,7 +41,7 @@ class ServerProcess:
         self.start_timeout, self.stop_timeout = start_timeout, stop_timeout
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         # The log goes to a file, not a pipe: a pipe nobody reads fills up and blocks the server.
         self.log = tempfile.TemporaryFile()

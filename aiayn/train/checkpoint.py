@@ -41,7 +41,7 @@ def save_model_dir(
     directory: str | Path,
     model: nn.Module,
     cfg: ModelConfig,
-    vocab,  # noqa: ANN001 - SentencePieceVocab | CharVocab
+    vocab,  # SentencePieceVocab | CharVocab
     meta: dict[str, Any] | None = None,
     trainer_state: dict[str, Any] | None = None,
     half: bool = False,
@@ -62,7 +62,8 @@ def save_model_dir(
         m = copy.deepcopy(model).half() if half else model
         save_model(m, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
         vocab.save(tmp)
-        config = {"format": FORMAT, "model": cfg.__dict__.copy(), "vocab": {"kind": vocab.kind, "file": vocab.filename, "size": len(vocab)},
+        config = {"format": FORMAT, "model": cfg.__dict__.copy(),
+                  "vocab": {"kind": vocab.kind, "file": vocab.filename, "size": len(vocab)},
                   "weights_sha256": sha256_file(tmp / "model.safetensors")}
         config.update(meta or {})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
@@ -122,7 +123,8 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") ->
     except (SafetensorError, OSError, RuntimeError) as e:
         raise CheckpointError(f"{weights}: cannot read weights ({e}); the file is corrupt or not a safetensors file") from None
     if missing or unexpected:
-        raise CheckpointError(f"{weights}: weights do not match the configuration (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+        raise CheckpointError(f"{weights}: weights do not match the configuration "
+                              f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
     verify_weights(d, config)
     bad = [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
     if bad:
@@ -153,7 +155,7 @@ def load_trainer_state(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{directory}: no trainer_state.pt (a model directory, not a training checkpoint)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+    except Exception as e:  # any unpickling failure means the same thing to the user
         raise CheckpointError(f"{path}: cannot read trainer state ({type(e).__name__}: {e})") from None
 
 

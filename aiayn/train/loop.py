@@ -158,7 +158,8 @@ class Trainer:
         stats = torch.tensor([loss_sum, nll_sum, float(tokens)], dtype=torch.float64)
         if self.distributed:
             dist.all_reduce(stats)
-        return {"loss": stats[0].item() / stats[2].item(), "nll": stats[1].item() / stats[2].item(), "tokens": stats[2].item(), "lr": lr}
+        return {"loss": stats[0].item() / stats[2].item(), "nll": stats[1].item() / stats[2].item(), "tokens": stats[2].item(),
+                "lr": lr}
 
     # --- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
@@ -176,7 +177,8 @@ class Trainer:
 
         out = corpus_loss(self.model, self.feed.dev_data, self.cfg.max_tokens, self.device)
         if self.cfg.eval_bleu_sentences > 0:
-            out["dev_bleu"] = dev_bleu(self.model, self.vocab, Path(self.cfg.data) / "dev.txt.jsonl", self.cfg.eval_bleu_sentences, self.device)
+            out["dev_bleu"] = dev_bleu(self.model, self.vocab, Path(self.cfg.data) / "dev.txt.jsonl",
+                                       self.cfg.eval_bleu_sentences, self.device)
         return out
 
     # --- checkpoints ------------------------------------------------------------------------

@@ -140,7 +140,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         return self.muon.param_groups + self.adamw.param_groups
 
     @torch.no_grad()
-    def step(self, closure=None) -> None:  # type: ignore[override]  # noqa: ANN001
+    def step(self, closure=None) -> None:  # type: ignore[override]
         if closure is not None:
             raise ValueError("MuonWithAdamW.step does not take a closure")
         self.muon.step()

@@ -27,7 +27,7 @@ class Processes:
     device: torch.device
 
     @classmethod
-    def start(cls, device: str) -> "Processes":
+    def start(cls, device: str) -> Processes:
         """Join ``torchrun``'s process group if there is one (NCCL on GPUs, gloo on CPUs); pick the device
         (under torchrun on GPUs: the one ``LOCAL_RANK`` names)."""
         distributed = dist.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -62,7 +62,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_context(device: torch.device, dtype: str):  # noqa: ANN201
+def autocast_context(device: torch.device, dtype: str):
     """bf16/fp16 autocast on the device, or nothing for float32."""
     if dtype == "float32":
         return nullcontext()
@@ -78,13 +78,13 @@ class StopSignals:
         self.received: str | None = None
         self._old: dict[int, Any] = {}
 
-    def _handler(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+    def _handler(self, signum: int, frame: Any) -> None:
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
         log.warning("%s: stopping after this step, once it is saved (send it again to stop at once)", self.received)
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handler)
