@@ -281,14 +281,36 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
 
 def _decode_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--beam", type=int, default=4, help="beam size; 1 = greedy (default 4, §6.1)")
-    p.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty α (default 0.6)")
-    p.add_argument("--max-len-a", type=float, default=1.0, help="max output length = a·source + b (a, default 1)")
-    p.add_argument("--max-len-b", type=int, default=50, help="max output length = a·source + b (b, default 50)")
-    p.add_argument("--compute-type", choices=["float32", "bfloat16", "int8"], default="float32",
+    d = _defaults("decode")
+    p.add_argument("--beam", type=int, default=d.beam, help=f"beam size; 1 = greedy (default {d.beam}, §6.1)")
+    p.add_argument("--alpha", type=float, default=d.alpha, help=f"GNMT length penalty α (default {d.alpha})")
+    p.add_argument("--max-len-a", type=float, default=d.max_len_a,
+                   help=f"max output length = a·source + b (a, default {d.max_len_a:g})")
+    p.add_argument("--max-len-b", type=int, default=d.max_len_b,
+                   help=f"max output length = a·source + b (b, default {d.max_len_b})")
+    p.add_argument("--compute-type", choices=["float32", "bfloat16", "int8"], default=d.compute_type,
                    help="decode with float32 weights, a bf16 copy, or int8 linear layers (CPU)")
-    p.add_argument("--max-tokens", type=int, default=4096, help="source tokens per decoding batch")
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="source tokens per decoding batch")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = PyTorch's default)")
+
+
+def _defaults(kind: str):
+    """The library's defaults, so that each exists once: the CLI shows and uses them, never its own."""
+    if kind == "decode":
+        from .decode.translate import DecodeConfig
+
+        return DecodeConfig()
+    if kind == "sample":
+        from .decode.sampling import SampleConfig
+
+        return SampleConfig()
+    if kind == "prepare":
+        from .data.prepare import PrepareConfig
+
+        return PrepareConfig(train="", out="")
+    from .serve.app import Limits
+
+    return Limits()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,11 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--lm", action="store_true", help="monolingual text for a language model")
-    p.add_argument("--vocab", choices=["bpe", "unigram", "char"], default="bpe")
-    p.add_argument("--vocab-size", type=int, default=8000)
+    d = _defaults("prepare")
+    p.add_argument("--vocab", choices=["bpe", "unigram", "char"], default=d.vocab)
+    p.add_argument("--vocab-size", type=int, default=d.vocab_size)
     p.add_argument("--spm-model", help="reuse this SentencePiece model")
-    p.add_argument("--max-len", type=int, default=256, help="drop pairs with more tokens on a side (counted)")
-    p.add_argument("--valid-fraction", type=float, default=0.1, help="--lm without --dev: the last fraction is validation")
+    p.add_argument("--max-len", type=int, default=d.max_len, help="drop pairs with more tokens on a side (counted)")
+    p.add_argument("--valid-fraction", type=float, default=d.valid_fraction,
+                   help="--lm without --dev: the last fraction is validation")
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT if it is a data directory aiayn wrote (never anything else)")
     p.set_defaults(func=cmd_prepare)
@@ -345,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--input", "-i")
     p.add_argument("--output", "-o")
-    p.add_argument("--nbest", type=int, default=1, help="write the n best as 'line<TAB>score<TAB>text'")
+    p.add_argument("--nbest", type=int, default=_defaults("decode").nbest, help="write the n best as 'line<TAB>score<TAB>text'")
     p.add_argument("--chunk", type=int, default=256, help="lines read before translating (streaming)")
     p.add_argument("--skip-invalid", action="store_true",
                    help="an input line that cannot be translated (invalid UTF-8, NUL, too long) becomes an empty "
@@ -368,11 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--prompt", help="the text to continue")
     p.add_argument("--prompt-file", help="read the prompt from this file")
-    p.add_argument("--max-new-tokens", type=int, default=300)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k most probable tokens (0 = all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
+    d = _defaults("sample")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--temperature", type=float, default=d.temperature, help=f"0 = greedy (default {d.temperature})")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="sample among the k most probable tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--seed", type=int, default=d.seed, help="the same seed gives the same text")
     p.add_argument("--stop", action="append", help="cut the text before this string (repeatable)")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--threads", type=int, default=0)
@@ -401,18 +426,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="default: this machine only")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--max-texts", type=int, default=64, help="texts per request (more: 413)")
-    p.add_argument("--max-chars", type=int, default=2000, help="characters per text (more: 413)")
-    p.add_argument("--max-tokens", type=int, default=1024, help="source tokens per text (more: 413)")
-    p.add_argument("--max-beam", type=int, default=16, help="largest beam a request may ask for (more: 422)")
-    p.add_argument("--max-request-work", type=int, default=65536,
+    d = _defaults("serve")
+    p.add_argument("--max-texts", type=int, default=d.max_texts, help="texts per request (more: 413)")
+    p.add_argument("--max-chars", type=int, default=d.max_chars, help="characters per text (more: 413)")
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="source tokens per text (more: 413)")
+    p.add_argument("--max-beam", type=int, default=d.max_beam, help="largest beam a request may ask for (more: 422)")
+    p.add_argument("--max-request-work", type=int, default=d.max_request_work,
                    help="work per request: sum over its texts of (source tokens + 1) x beam (more: 413)")
-    p.add_argument("--max-batch-work", type=int, default=4096,
+    p.add_argument("--max-batch-work", type=int, default=d.max_batch_work,
                    help="work per decoding batch: larger requests are decoded in slices, small ones go first")
-    p.add_argument("--max-queue-work", type=int, default=262144, help="work waiting in the queue (more: 503 + Retry-After)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds a request may wait for its answer (then 504)")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body size (more: 413)")
-    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long requests wait to be batched together")
+    p.add_argument("--max-queue-work", type=int, default=d.max_queue_work,
+                   help="work waiting in the queue (more: 503 + Retry-After)")
+    p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds a request may wait for its answer (then 504)")
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="request body size (more: 413)")
+    p.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms, help="how long requests wait to be batched together")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export",
@@ -423,10 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantization", choices=["int8", "int8_float32", "float16", "bfloat16"], help="CTranslate2 weight type")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is an export aiayn wrote (never anything else)")
     g = p.add_argument_group("ONNX beam search (baked into beam_search.onnx)")
-    g.add_argument("--beam", type=int, default=4)
-    g.add_argument("--nbest", type=int, default=1)
-    g.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty")
-    g.add_argument("--max-len-b", type=int, default=50, help="max output length = source length + this")
+    d = _defaults("decode")
+    g.add_argument("--beam", type=int, default=d.beam)
+    g.add_argument("--nbest", type=int, default=d.nbest)
+    g.add_argument("--alpha", type=float, default=d.alpha, help="GNMT length penalty")
+    g.add_argument("--max-len-b", type=int, default=d.max_len_b, help="max output length = source length + this")
     p.set_defaults(func=cmd_export)
     return ap
 

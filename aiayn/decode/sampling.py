@@ -18,8 +18,8 @@ from ..config import EOS_ID
 
 @dataclass
 class SampleConfig:
-    max_new_tokens: int = 200
-    temperature: float = 1.0  # 0 = greedy
+    max_new_tokens: int = 300
+    temperature: float = 0.8  # 0 = greedy; nanoGPT's sample.py uses 0.8 too
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
     seed: int | None = None

@@ -22,6 +22,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
+from ..decode.sampling import SampleConfig
+from ..decode.translate import DecodeConfig
+
 STATIC = Path(__file__).parent / "static"
 
 
@@ -43,12 +46,15 @@ class Limits:
     batch_wait_ms: float = 10.0  # how long the batcher waits for more requests
 
 
+_DECODE = DecodeConfig()  # the library's defaults (the paper's search), the same as `aiayn translate`'s
+
+
 class TranslateRequest(BaseModel):
     text: str | None = Field(None, description="one text (or give `texts`)")
     texts: list[str] | None = Field(None, description="several texts")
-    beam_size: int = Field(4, ge=1, le=64)
-    nbest: int = Field(1, ge=1, le=64)
-    alpha: float = Field(0.6, ge=0.0, le=5.0)
+    beam_size: int = Field(_DECODE.beam, ge=1, le=64)
+    nbest: int = Field(_DECODE.nbest, ge=1, le=64)
+    alpha: float = Field(_DECODE.alpha, ge=0.0, le=5.0)
     return_attention: bool = False
 
     @model_validator(mode="after")
@@ -63,12 +69,15 @@ class TranslateRequest(BaseModel):
         return [self.text] if self.text is not None else list(self.texts or [])
 
 
+_SAMPLE = SampleConfig()  # the library's defaults, the same as `aiayn generate`'s
+
+
 class GenerateRequest(BaseModel):
     prompt: str = ""
-    max_new_tokens: int = Field(200, ge=1)
-    temperature: float = Field(0.8, ge=0.0, le=5.0)
-    top_k: int = Field(0, ge=0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(_SAMPLE.max_new_tokens, ge=1)
+    temperature: float = Field(_SAMPLE.temperature, ge=0.0, le=5.0)
+    top_k: int = Field(_SAMPLE.top_k, ge=0)
+    top_p: float = Field(_SAMPLE.top_p, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
 
 
