@@ -41,12 +41,14 @@ class ParallelData:
 
 
 def token_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, max_tokens: int, seed: int = 0,
-                  epoch: int = 0, shuffle: bool = True) -> list[np.ndarray]:
+                  epoch: int = 0, shuffle: bool = True, oversize_alone: bool = False) -> list[np.ndarray]:
     """Group sentence indices into batches of similar length whose padded size stays within
     ``max_tokens`` on each side (batch size × longest sentence, padding included, as fairseq counts).
 
     Sorted by target then source length (ties broken at random per epoch), cut greedily, and the
-    batches shuffled: nearly padding-free, and a different order every epoch.
+    batches shuffled: nearly padding-free, and a different order every epoch. Without ``shuffle``:
+    the batches in order of length, the sentences in input order among equals (for decoding). A
+    sentence longer than ``max_tokens`` is an error, or with ``oversize_alone`` a batch of its own.
     """
     n = len(src_lens)
     rng = np.random.default_rng([seed, epoch])
@@ -56,10 +58,10 @@ def token_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, max_tokens: int, s
     start, max_s, max_t = 0, 0, 0
     for pos, i in enumerate(order):
         s, t = int(src_lens[i]), int(tgt_lens[i])
-        if max(s, t) > max_tokens:
+        if max(s, t) > max_tokens and not oversize_alone:
             raise ValueError(f"a sentence of {max(s, t)} tokens does not fit max_tokens={max_tokens}")
         new_s, new_t = max(max_s, s), max(max_t, t)
-        if (pos - start + 1) * max(new_s, new_t) > max_tokens:
+        if pos > start and (pos - start + 1) * max(new_s, new_t) > max_tokens:
             batches.append(order[start:pos])
             start, new_s, new_t = pos, s, t
         max_s, max_t = new_s, new_t

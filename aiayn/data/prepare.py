@@ -25,7 +25,7 @@ import numpy as np
 from ..atomic import atomic_directory
 from ..config import EOS_ID
 from .corpus import CorpusError, read_parallel, read_text
-from .vocab import CharVocab, SentencePieceVocab, load_vocab
+from .vocab import CharVocab, SentencePieceVocab, load_vocab, vocab_manifest
 
 log = logging.getLogger(__name__)
 FORMAT = "aiayn-data/1"
@@ -161,7 +161,7 @@ def _prepare_parallel(cfg: PrepareConfig, tmp: Path) -> dict:
     vocab.save(tmp)
     dtype = _token_dtype(len(vocab))
 
-    info: dict = {"kind": "parallel", "vocab": {"kind": vocab.kind, "file": vocab.filename, "size": len(vocab)}, "splits": {}}
+    info: dict = {"kind": "parallel", "vocab": vocab_manifest(vocab), "splits": {}}
     for split, (pairs, report) in splits.items():
         src_ids = vocab.encode_batch([s for s, _ in pairs])
         tgt_ids = vocab.encode_batch([t for _, t in pairs])
@@ -203,7 +203,7 @@ def _prepare_lm(cfg: PrepareConfig, tmp: Path) -> dict:
         vocab = SentencePieceVocab.train(train_text.splitlines(), cfg.vocab_size, cfg.vocab, seed=cfg.seed)
     vocab.save(tmp)
     dtype = _token_dtype(len(vocab))
-    info: dict = {"kind": "lm", "vocab": {"kind": vocab.kind, "file": vocab.filename, "size": len(vocab)}, "splits": {}}
+    info: dict = {"kind": "lm", "vocab": vocab_manifest(vocab), "splits": {}}
     for split, t in (("train", train_text), ("valid", valid_text)):
         arr = np.asarray(encode_lm_text(vocab, t), dtype=dtype)
         np.save(tmp / f"{split}.tokens.npy", arr)

@@ -133,6 +133,11 @@ class CharVocab:
         return path
 
 
+def vocab_manifest(vocab: Vocab) -> dict:
+    """How a data or model directory describes its vocabulary: ``{"kind", "file", "size"}``."""
+    return {"kind": vocab.kind, "file": vocab.filename, "size": len(vocab)}
+
+
 def load_vocab(directory: str | Path) -> SentencePieceVocab | CharVocab:
     """The vocabulary stored in a data or model directory."""
     directory = Path(directory)

@@ -6,9 +6,10 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from ..data.batching import source_tensor
+from ..data.batching import source_tensor, token_batches
 from .search import Hypothesis, beam_search, greedy_search, max_lengths
 
 log = logging.getLogger(__name__)
@@ -60,20 +61,10 @@ class Translator:
         if self.cfg.nbest > max(self.cfg.beam, 1):
             raise ValueError(f"nbest ({self.cfg.nbest}) cannot exceed the beam size ({self.cfg.beam})")
 
-    def _batches(self, ids: list[list[int]]) -> Iterator[list[int]]:
+    def _batches(self, ids: list[list[int]]) -> list[list[int]]:
         """Indices of inputs grouped by length under the token budget (in length order)."""
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        batch: list[int] = []
-        longest = 0
-        for i in order:
-            n = len(ids[i]) + 1
-            if batch and (len(batch) + 1) * max(longest, n) > self.cfg.max_tokens:
-                yield batch
-                batch, longest = [], 0
-            batch.append(i)
-            longest = max(longest, n)
-        if batch:
-            yield batch
+        lengths = np.array([len(x) + 1 for x in ids], dtype=np.int64)  # + </s>
+        return [b.tolist() for b in token_batches(lengths, lengths, self.cfg.max_tokens, shuffle=False, oversize_alone=True)]
 
     def translate_ids(self, ids: list[list[int]]) -> list[list[Hypothesis]]:
         """Token ids in → n-best hypotheses out, in input order."""

@@ -27,7 +27,7 @@ from torch import nn
 from ..atomic import atomic_directory, check_replaceable
 from ..config import ConfigError, ModelConfig, from_dict
 from ..data.prepare import sha256_file
-from ..data.vocab import load_vocab
+from ..data.vocab import load_vocab, vocab_manifest
 from ..model import build_model
 
 FORMAT = "aiayn-model/1"
@@ -63,7 +63,7 @@ def save_model_dir(
         save_model(m, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
         vocab.save(tmp)
         config = {"format": FORMAT, "model": cfg.__dict__.copy(),
-                  "vocab": {"kind": vocab.kind, "file": vocab.filename, "size": len(vocab)},
+                  "vocab": vocab_manifest(vocab),
                   "weights_sha256": sha256_file(tmp / "model.safetensors")}
         config.update(meta or {})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
