@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import BOS_ID, EOS_ID, PAD_ID
-from ..decode.search import merge_finished
+from ..decode.search import length_penalty, merge_finished
 from . import ExportError
 from .onnx import OPSET, DecoderStepGraph, EncoderGraph
 
@@ -39,7 +39,7 @@ OUTER = ["src_mask", "cross_k", "cross_v", "limit"]
 
 
 def _lp(length: Tensor, alpha: float) -> Tensor:
-    return ((5.0 + length.float()) / 6.0) ** alpha  # the GNMT penalty (search.length_penalty)
+    return length_penalty(length.float(), alpha)  # the GNMT penalty, traced
 
 
 def _index(like: Tensor) -> Tensor:
