@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..config import BOS_ID, EOS_ID, PAD_ID
 from ..decode.search import length_penalty, merge_finished
 from . import ExportError
-from .onnx import OPSET, DecoderStepGraph, EncoderGraph
+from .onnx_graphs import OPSET, DecoderStepGraph, EncoderGraph
 
 NEG_INF = float("-inf")
 # The loop state, in the order the Loop carries it (the body takes and returns these).
