@@ -238,9 +238,6 @@ def cmd_serve(a: argparse.Namespace) -> None:
     limits = Limits(max_texts=a.max_texts, max_chars=a.max_chars, max_tokens=a.max_tokens, max_beam=a.max_beam,
                     max_request_work=a.max_request_work, max_batch_work=a.max_batch_work, max_queue_work=a.max_queue_work,
                     timeout_s=a.timeout, max_body_bytes=a.max_body_bytes, batch_wait_ms=a.batch_wait_ms)
-    for name, value in limits.__dict__.items():
-        if not value > 0:
-            _die(f"--{name.replace('_', '-')} must be positive, got {value}")
     serve(a.model, a.host, a.port, a.threads, limits)
 
 

@@ -1,4 +1,10 @@
-"""Typed configuration: the model's shape and options, with named presets.
+"""Typed configuration, one home for all of it: the model's shape and options with named presets
+(:class:`ModelConfig`), training (:class:`TrainConfig`, :class:`RunConfig`), data preparation
+(:class:`PrepareConfig`), decoding (:class:`DecodeConfig`), sampling (:class:`SampleConfig`) and serving
+(:class:`Limits`). Each validates itself when built and raises :class:`ConfigError`; the CLI and the server
+take their defaults from these classes, so each default exists once.
+
+The model's shape and options:
 
 Every field uses the paper's names (``d_model``, ``d_ff``, ``n_heads``; §3).
 Defaults are the paper's base model (Table 3, row "base"); every deviation
@@ -12,9 +18,15 @@ Unknown keys and impossible combinations are errors, never silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+import yaml
+
+log = logging.getLogger(__name__)
 
 Arch = Literal["encoder-decoder", "decoder-only", "encoder-only"]
 Norm = Literal["post", "pre"]
@@ -273,7 +285,207 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# --- data preparation, decoding, sampling, serving ----------------------------------------------
+@dataclass
+class PrepareConfig:
+    """What `aiayn prepare` reads, and how it builds the vocabulary and encodes."""
+
+    train: str
+    out: str
+    dev: str | None = None
+    test: str | None = None
+    kind: Literal["parallel", "lm"] = "parallel"
+    vocab: Literal["bpe", "unigram", "char"] = "bpe"
+    vocab_size: int = 8000
+    spm_model: str | None = None  # reuse this SentencePiece model instead of training one
+    max_len: int = 256  # pairs with more tokens on a side are dropped (and counted)
+    valid_fraction: float = 0.1  # lm with no --dev: the last fraction of the text is validation (nanoGPT)
+    seed: int = 1234
+    overwrite: bool = False  # replace an existing prepared directory (only one aiayn wrote)
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        if self.vocab_size < 8 and not self.spm_model and self.vocab != "char":
+            raise ConfigError(f"--vocab-size {self.vocab_size}: a vocabulary needs the 4 special tokens and more (at least 8)")
+        if self.max_len < 1:
+            raise ConfigError(f"--max-len {self.max_len}: must be at least 1")
+        if not 0.0 < self.valid_fraction < 1.0:
+            raise ConfigError(f"--valid-fraction {self.valid_fraction}: must be between 0 and 1 (exclusive)")
+
+
+@dataclass
+class DecodeConfig:
+    """Search settings; defaults are the paper's (§6.1)."""
+
+    beam: int = 4  # 1 = greedy
+    alpha: float = 0.6  # GNMT length penalty
+    max_len_a: float = 1.0  # max output length = a · source length + b
+    max_len_b: int = 50
+    nbest: int = 1
+    max_tokens: int = 4096  # source tokens per batch (padding included)
+    max_input_tokens: int = 1024  # longer inputs are an error
+    compute_type: str = "float32"  # or "bfloat16", "int8" (CPU): see aiayn.model.quantize
+
+    def __post_init__(self) -> None:
+        for name in ("beam", "nbest", "max_tokens", "max_input_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_len_a", "max_len_b", "alpha"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+
+
+@dataclass
+class SampleConfig:
+    """Sampling from a language model; the defaults are nanoGPT's sample.py's."""
+
+    max_new_tokens: int = 300
+    temperature: float = 0.8  # 0 = greedy; nanoGPT's sample.py uses 0.8 too
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ConfigError(f"max-new-tokens must not be negative, got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise ConfigError(f"temperature must not be negative, got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError(f"top-k must not be negative, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top-p must be in (0, 1], got {self.top_p} (1 = off)")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be in [0, 2^63), got {self.seed}")
+
+
+@dataclass
+class Limits:
+    """What one request, one batch and the whole queue may ask of the server."""
+
+    max_texts: int = 64  # texts per request (more: 413)
+    max_chars: int = 2000  # characters per text (more: 413)
+    max_tokens: int = 1024  # source tokens per text (more: 413)
+    max_beam: int = 16  # (more: 422)
+    max_request_work: int = 65536  # Σ (source tokens + 1) × beam over a request's texts (more: 413)
+    max_batch_work: int = 4096  # work decoded in one batch: large requests are split, small ones interleave
+    max_batch_texts: int = 64
+    max_queue_work: int = 262144  # work waiting to be decoded; beyond it: 503 + Retry-After
+    timeout_s: float = 120.0  # a request not answered by then: 504 (its remaining texts are not decoded)
+    max_body_bytes: int = 1 << 20  # request body (more: 413, before it is read whole)
+    max_new_tokens: int = 1000  # /generate
+    batch_wait_ms: float = 10.0  # how long the batcher waits for more requests
+
+    def __post_init__(self) -> None:
+        for name, value in self.__dict__.items():
+            if not value > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+# --- training ----------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """How to train. Defaults are the paper's (§5) where it says something."""
+
+    data: str = ""  # a directory written by `aiayn prepare`
+    out: str = "runs/run"
+    # optimisation (§5.3)
+    lr_schedule: Literal["inverse_sqrt", "cosine", "constant"] = "inverse_sqrt"
+    lr_scale: float = 1.0  # inverse_sqrt: multiplies d_model^-0.5 · min(…) (1.0 = the paper)
+    lr: float = 1e-3  # peak for cosine / constant
+    min_lr: float = 1e-4  # cosine floor
+    warmup: int = 4000
+    optimizer: Literal["adam", "muon"] = "adam"  # muon: Muon for the layers' matrices, AdamW for the rest
+    adam_betas: tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = 1e-9
+    weight_decay: float = 0.0
+    clip_norm: float = 0.0  # 0 = no clipping (the paper)
+    label_smoothing: float = 0.1  # §5.4
+    # batches
+    max_tokens: int = 4096  # per batch and side, padding included (translation)
+    update_freq: int = 1  # batches accumulated into one update (emulates bigger batches)
+    batch_size: int = 12  # language model: blocks per batch
+    block_size: int = 0  # language model: tokens per block (0 = model.max_positions)
+    # how long
+    max_steps: int = 0  # 0 = no limit
+    max_epochs: int = 0  # 0 = no limit
+    max_minutes: float = 0.0  # budget of training time (evaluation and saving not counted); 0 = no limit
+    # evaluation and checkpoints
+    eval_every: int = 500
+    eval_bleu_sentences: int = 200  # dev sentences translated (greedy) for BLEU at each evaluation
+    eval_lm_tokens: int = 0  # language model: validation tokens scored at each eval (0 = all)
+    save_every: int = 1000
+    keep_last: int = 5
+    log_every: int = 50
+    # machine
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # autocast dtype
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads, set by `aiayn train` (0 = leave PyTorch's default)
+    accelerate: bool = True  # CPU fast paths measured on this machine (aiayn.accel); false = the plain model
+    compile: bool = False
+    seed: int = 1234
+
+    def validate(self) -> None:
+        """Refuse values that would crash later (a division by zero) or lose work (keep_last 0)."""
+        for name in ("save_every", "eval_every", "log_every", "update_freq", "keep_last", "max_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_steps", "max_epochs", "max_minutes", "block_size", "eval_bleu_sentences", "eval_lm_tokens",
+                     "threads", "warmup", "weight_decay", "clip_norm", "min_lr"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
+        if self.lr_schedule == "inverse_sqrt" and self.warmup < 1:
+            raise ConfigError("train.warmup must be at least 1 with lr_schedule inverse_sqrt (equation 3 divides by it)")
+        if not self.lr > 0 or not self.lr_scale > 0:
+            raise ConfigError("train.lr and train.lr_scale must be positive")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas) or not self.adam_eps > 0:
+            raise ConfigError("train.adam_betas must be two numbers in [0, 1) and train.adam_eps positive")
+        if self.max_steps and self.warmup >= self.max_steps:
+            log.warning("train.warmup (%d) >= train.max_steps (%d): the learning rate never leaves warm-up",
+                        self.warmup, self.max_steps)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"model": asdict(self.model), "train": asdict(self.train)}
+        d["train"]["adam_betas"] = list(d["train"]["adam_betas"])
+        return d
+
+
+def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """A run's configuration from a YAML file (``model:`` and ``train:`` sections) plus overrides.
+
+    ``model.preset: NAME`` starts from a named preset; every other key must be a field of
+    :class:`~aiayn.config.ModelConfig` / :class:`TrainConfig`.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping with 'model' and 'train' sections")
+    raw = merge(raw, overrides or {})
+    unknown = sorted(map(str, set(raw) - {"model", "train"}))
+    if unknown:
+        raise ConfigError(f"{path or 'config'}: unknown section(s) {', '.join(unknown)}; sections: model, train")
+    model_raw = dict(raw.get("model") or {})
+    name = model_raw.pop("preset", None)
+    model = preset(name, **model_raw) if name else from_dict(ModelConfig, model_raw, where="model")
+    train = from_dict(TrainConfig, dict(raw.get("train") or {}), where="train")
+    train.adam_betas = tuple(train.adam_betas)  # type: ignore[assignment]
+    train.validate()
+    return RunConfig(model, train)
+
+
 __all__ = [
     "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "ConfigError", "ModelConfig", "PRESETS",
-    "from_dict", "to_dict", "preset", "parse_overrides", "merge", "estimate_parameters",
+    "from_dict", "to_dict", "preset", "parse_overrides", "merge", "estimate_parameters", "PrepareConfig",
+    "DecodeConfig", "SampleConfig", "Limits", "TrainConfig", "RunConfig", "load_run_config",
 ]

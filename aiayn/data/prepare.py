@@ -16,35 +16,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from ..atomic import atomic_directory
-from ..config import EOS_ID
+from ..config import EOS_ID, PrepareConfig
 from .corpus import CorpusError, read_parallel, read_text
 from .vocab import CharVocab, SentencePieceVocab, load_vocab, vocab_manifest
 
 log = logging.getLogger(__name__)
 FORMAT = "aiayn-data/1"
-
-
-@dataclass
-class PrepareConfig:
-    train: str
-    out: str
-    dev: str | None = None
-    test: str | None = None
-    kind: Literal["parallel", "lm"] = "parallel"
-    vocab: Literal["bpe", "unigram", "char"] = "bpe"
-    vocab_size: int = 8000
-    spm_model: str | None = None  # reuse this SentencePiece model instead of training one
-    max_len: int = 256  # pairs with more tokens on a side are dropped (and counted)
-    valid_fraction: float = 0.1  # lm with no --dev: the last fraction of the text is validation (nanoGPT)
-    seed: int = 1234
-    overwrite: bool = False  # replace an existing prepared directory (only one aiayn wrote)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -86,12 +69,7 @@ def _token_dtype(vocab_size: int) -> np.dtype:
 
 
 def _check_options(cfg: PrepareConfig) -> None:
-    if cfg.vocab_size < 8 and not cfg.spm_model and cfg.vocab != "char":
-        raise CorpusError(f"--vocab-size {cfg.vocab_size}: a vocabulary needs the 4 special tokens and more (at least 8)")
-    if cfg.max_len < 1:
-        raise CorpusError(f"--max-len {cfg.max_len}: must be at least 1")
-    if not 0.0 < cfg.valid_fraction < 1.0:
-        raise CorpusError(f"--valid-fraction {cfg.valid_fraction}: must be between 0 and 1 (exclusive)")
+    """The options' ranges are checked by PrepareConfig itself; here, that a given SentencePiece model loads."""
     if cfg.spm_model:
         p = Path(cfg.spm_model)
         if not p.is_file():

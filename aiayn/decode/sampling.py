@@ -8,33 +8,10 @@ window (positions shift, so cached keys would be stale). Either way the tokens a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from ..config import EOS_ID
-
-
-@dataclass
-class SampleConfig:
-    max_new_tokens: int = 300
-    temperature: float = 0.8  # 0 = greedy; nanoGPT's sample.py uses 0.8 too
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 0:
-            raise ValueError(f"max-new-tokens must not be negative, got {self.max_new_tokens}")
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature must not be negative, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top-k must not be negative, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top-p must be in (0, 1], got {self.top_p} (1 = off)")
-        if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be in [0, 2^63), got {self.seed}")
+from ..config import EOS_ID, SampleConfig
 
 
 def _pick(logits: Tensor, cfg: SampleConfig, gen: torch.Generator | None) -> Tensor:

@@ -4,37 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..config import DecodeConfig
 from ..data.batching import source_tensor, token_batches
 from .search import Hypothesis, beam_search, greedy_search, max_lengths
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DecodeConfig:
-    """Search settings; defaults are the paper's (§6.1)."""
-
-    beam: int = 4  # 1 = greedy
-    alpha: float = 0.6  # GNMT length penalty
-    max_len_a: float = 1.0  # max output length = a · source length + b
-    max_len_b: int = 50
-    nbest: int = 1
-    max_tokens: int = 4096  # source tokens per batch (padding included)
-    max_input_tokens: int = 1024  # longer inputs are an error
-    compute_type: str = "float32"  # or "bfloat16", "int8" (CPU): see aiayn.model.quantize
-
-    def __post_init__(self) -> None:
-        for name in ("beam", "nbest", "max_tokens", "max_input_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_len_a", "max_len_b", "alpha"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
 
 
 class InputTooLong(ValueError):

@@ -22,28 +22,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
+from ..config import Limits
 from ..decode.sampling import SampleConfig
 from ..decode.translate import DecodeConfig
 
 STATIC = Path(__file__).parent / "static"
-
-
-@dataclass
-class Limits:
-    """What one request, one batch and the whole queue may ask of the server."""
-
-    max_texts: int = 64  # texts per request (more: 413)
-    max_chars: int = 2000  # characters per text (more: 413)
-    max_tokens: int = 1024  # source tokens per text (more: 413)
-    max_beam: int = 16  # (more: 422)
-    max_request_work: int = 65536  # Σ (source tokens + 1) × beam over a request's texts (more: 413)
-    max_batch_work: int = 4096  # work decoded in one batch: large requests are split, small ones interleave
-    max_batch_texts: int = 64
-    max_queue_work: int = 262144  # work waiting to be decoded; beyond it: 503 + Retry-After
-    timeout_s: float = 120.0  # a request not answered by then: 504 (its remaining texts are not decoded)
-    max_body_bytes: int = 1 << 20  # request body (more: 413, before it is read whole)
-    max_new_tokens: int = 1000  # /generate
-    batch_wait_ms: float = 10.0  # how long the batcher waits for more requests
 
 
 _DECODE = DecodeConfig()  # the library's defaults (the paper's search), the same as `aiayn translate`'s
@@ -255,7 +238,7 @@ class Service:
                 _answer(j, result=j.results)
 
     def _translate(self, ids: list[list[int]], beam: int, nbest: int, alpha: float) -> list[list[dict]]:
-        from ..decode.translate import DecodeConfig, Translator
+        from ..decode.translate import Translator
 
         cfg = DecodeConfig(beam=beam, nbest=nbest, alpha=alpha, max_input_tokens=self.limits.max_tokens)
         hyps = Translator(self.model, self.vocab, cfg).translate_ids(ids)
@@ -301,7 +284,7 @@ class Service:
                 "decoder": rnd(m["decoder"]), "cross": rnd(m["cross"])}
 
     async def generate(self, req: GenerateRequest) -> dict[str, Any]:
-        from ..decode.sampling import SampleConfig, generate_text
+        from ..decode.sampling import generate_text
 
         if self.arch != "decoder-only":
             raise RequestError(400, f"this model is a {self.arch} model: use /translate")

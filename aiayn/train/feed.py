@@ -11,9 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..config import ConfigError, RunConfig
 from ..data.batching import ParallelData, collate, lm_batch, token_batches
-from .config import RunConfig
 
 
 class Feed:

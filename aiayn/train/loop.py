@@ -37,12 +37,11 @@ from torch import nn
 
 from ..accel import accelerate
 from ..atomic import owned_files, write_json_atomic
-from ..config import ConfigError
+from ..config import ConfigError, RunConfig, TrainConfig, load_run_config
 from ..data.prepare import load_manifest
 from ..data.vocab import load_vocab
 from ..model import build_model, count_parameters
 from .checkpoint import latest_checkpoint, restore_checkpoint, save_model_dir
-from .config import RunConfig, TrainConfig, load_run_config
 from .feed import Feed
 from .optim import cosine_decay, cosine_lr, inverse_sqrt_lr, label_smoothed_loss, make_optimizer
 from .process import Processes, StopSignals, autocast_context, pick_device
