@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe  # noqa: E402
+from machine import describe, write_results  # noqa: E402
 
 SHAPES = {  # name: ModelConfig overrides (post-LN: the paper's, and the one HF Marian has)
     "small": dict(preset="small", n_encoder_layers=6, n_decoder_layers=3),  # the shipped model's shape
@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=2500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default=str(ROOT / "runs" / "train_speed"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_speed.json"), help="results file")
     args = ap.parse_args()
 
     import torch
@@ -108,14 +109,15 @@ def main() -> None:
     print(f"CPU: {describe()}")
     print(f"{args.steps} timed steps of ≤{args.max_tokens} tokens per side, {args.threads} threads, torch {torch.__version__}")
     print(f"batches: {1 - real / padded:.1%} padding; building one (bucketing + collate) takes {collate_ms:.1f} ms")
-    summary = {}
+    summary, tok_s, chosen = {}, {}, {}
     for shape in args.shapes.split(","):
         over = dict(SHAPES[shape])
         cfg = preset(over.pop("preset"), **over, vocab_size=8000, norm="post", dropout=0.1)
         torch.manual_seed(0)
         ours = build_model(cfg)
         theirs = to_hf(ours, _NoVocab(), Path(args.workdir) / f"hf-{shape}", overwrite=True)
-        for line in accelerate(ours, training=True):  # as `aiayn train` does (train.accelerate)
+        chosen[shape] = accelerate(ours, training=True)  # as `aiayn train` does (train.accelerate)
+        for line in chosen[shape]:
             print(f"  accelerate: {line}")
         ours_side = (aiayn_fwd, aiayn_loss, make_optimizer(ours, 1e-4, (0.9, 0.98), 1e-9, 0.0))
         theirs_side = (hf_fwd, hf_loss, torch.optim.AdamW(theirs.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9,
@@ -127,8 +129,11 @@ def main() -> None:
             a = max(run(ours, ours_side, dtype) for _ in range(2))
             h = max(run(theirs, theirs_side, dtype) for _ in range(2))
             summary[f"{shape} {dtype}"] = round(a / h, 2)
+            tok_s[f"{shape} {dtype}"] = {"aiayn": round(a), "hf": round(h)}
             print(f"{shape:<10} {dtype:<8}  aiayn {a:7.0f} tok/s   HF Marian {h:7.0f} tok/s   ratio {a / h:.2f}x", flush=True)
     print("ratios aiayn/HF: " + json.dumps(summary))
+    write_results("train_speed", {"steps": args.steps, "max_tokens": args.max_tokens, "threads": args.threads,
+                                  "torch": torch.__version__, "accelerate": chosen, "tok_s": tok_s, "ratios": summary}, args.out)
 
 
 class _NoVocab:

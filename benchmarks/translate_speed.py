@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe  # noqa: E402
+from machine import describe, write_results  # noqa: E402
 
 Batch = list[list[int]]
 Engine = Callable[[Batch], list[list[int]]]
@@ -107,6 +107,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--engines", default="aiayn-float32,aiayn-bfloat16,aiayn-int8,hf-float32,ct2-float32,ct2-int8")
     ap.add_argument("--workdir", default=str(ROOT / "runs" / "translate_speed"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "translate_speed.json"), help="results file")
     args = ap.parse_args()
 
     import sacrebleu
@@ -167,6 +168,11 @@ def main() -> None:
             if (peer, beam) in results:
                 summary[f"beam{beam} {name}/{peer}"] = round(r["tok_s"] / results[(peer, beam)]["tok_s"], 2)
     print("ratios: " + json.dumps(summary))
+    write_results("translate_speed", {"sentences": len(src), "batch": args.batch, "threads": args.threads,
+                                      "torch": torch.__version__,
+                                      "tok_s": {f"beam{b} {n}": round(r["tok_s"]) for (n, b), r in results.items()},
+                                      "bleu": {f"beam{b} {n}": round(r["bleu"], 2) for (n, b), r in results.items()},
+                                      "ratios": summary}, args.out)
 
 
 if __name__ == "__main__":
