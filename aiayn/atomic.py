@@ -113,9 +113,11 @@ def owned_files(directory: Path, what: str | None = None) -> set[str] | None:
 def claim_run_directory(out: str | Path) -> Path:
     """Make ``out`` a training run directory, or check that it already is one aiayn made.
 
-    A new or empty directory is claimed (a ``.aiayn-written`` listing marks it); a run aiayn wrote (the
-    listing, or from before it: config.yaml with model/train sections beside log.jsonl or checkpoints/)
-    is continued. Anything else is refused: training would write config.yaml and log.jsonl into it.
+    Training writes only the names in ``RUN_FILES`` (config.yaml, log.jsonl, tb/, checkpoints/, best/)
+    into its run directory and leaves everything else there alone (the prepared data, say, as in
+    ``runs/NAME/data``). So a directory is claimed (marked with a ``.aiayn-written`` listing) when each of
+    those names it already holds is aiayn's: an aiayn run's config.yaml and log, TensorBoard events,
+    checkpoints and models aiayn wrote. One that is not (a user's own config.yaml, say) is refused.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -124,22 +126,36 @@ def claim_run_directory(out: str | Path) -> Path:
     data = _listing(out)
     if data is not None and data.get("what") == "run directory":
         return out
-    entries = sorted(p.name for p in out.iterdir())
-    legacy = (out / "config.yaml").is_file() and ((out / "log.jsonl").is_file() or (out / "checkpoints").is_dir())
-    if legacy:
-        try:
-            import yaml
-
-            cfg = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
-            legacy = isinstance(cfg, dict) and {"model", "train"} <= set(cfg)
-        except Exception:  # unreadable: not ours
-            legacy = False
-    if entries and not legacy:
-        shown = ", ".join(entries[:5]) + (", …" if len(entries) > 5 else "")
-        raise OutputError(f"{out}: exists and is not an aiayn run directory (holds {shown}); refusing to write "
-                          "config.yaml and log.jsonl into it: choose another train.out")
+    foreign = [name for name in RUN_FILES if (out / name).exists() and not _is_run_file(out / name)]
+    if foreign:
+        raise OutputError(f"{out}: holds {', '.join(foreign)} that aiayn did not write; refusing to write over "
+                          "it: choose another train.out")
     write_json_atomic(out / LISTING, {"what": "run directory", "files": RUN_FILES})
     return out
+
+
+def _is_run_file(path: Path) -> bool:
+    """Whether ``path``, one of ``RUN_FILES``, looks as aiayn training writes it."""
+    try:
+        if path.name == "config.yaml":
+            import yaml
+
+            cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+            return isinstance(cfg, dict) and {"model", "train"} <= set(cfg)
+        if path.name == "log.jsonl":
+            first = path.read_text(encoding="utf-8").split("\n", 1)[0]
+            return not first or {"kind", "step"} <= set(json.loads(first))
+        if path.name == "tb":
+            return path.is_dir() and all(p.name.startswith("events.out.tfevents.") for p in path.iterdir())
+        if path.name == "checkpoints":
+            return path.is_dir() and all(
+                p.name == "latest.json" or p.name.startswith(".") or owned_files(p, "model directory") is not None
+                for p in path.iterdir())
+        if path.name == "best":
+            return owned_files(path, "model directory") is not None
+        return path.suffix == ".png"  # curves.png, drawn by `aiayn viz curves`
+    except Exception:  # unreadable: not ours
+        return False
 
 
 def check_replaceable(final: str | Path, overwrite: bool, what: str = "directory") -> None:

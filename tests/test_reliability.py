@@ -89,7 +89,7 @@ def test_training_refuses_a_users_folder_as_its_run_directory(toy_data, tmp_path
     mine = tmp_path / "project"
     mine.mkdir()
     (mine / "config.yaml").write_text("# my own notes\n")
-    with pytest.raises(OutputError, match="not an aiayn run directory"):
+    with pytest.raises(OutputError, match="config.yaml that aiayn did not write"):
         train(run_cfg(toy_data, mine, max_steps=1))
     assert (mine / "config.yaml").read_text() == "# my own notes\n"
 

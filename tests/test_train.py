@@ -149,13 +149,13 @@ def test_muon_takes_the_layers_matrices_and_adamw_the_rest():
 def test_gradient_accumulation_matches_one_big_update(toy_data, tmp_path):
     """Two micro-batches accumulated = their union in one batch (the loss is normalised per update)."""
     tr = Trainer(run_cfg(toy_data, tmp_path / "a", dropout=0.0, update_freq=2, warmup=1), resume=False)
-    micro, total = tr._next_update()
+    micro, total = tr.feed.next_update(tr.rank, tr.world)
     ref = Trainer(run_cfg(toy_data, tmp_path / "b", dropout=0.0, warmup=1), resume=False)
     ref.model.load_state_dict(tr.model.state_dict())
     # SGD: the update is the gradient itself (Adam's first step is ≈ sign(g) and would amplify rounding).
     tr.optimizer = torch.optim.SGD(tr.model.parameters(), lr=1.0)
     ref.optimizer = torch.optim.SGD(ref.model.parameters(), lr=1.0)
-    tr.batch_in_epoch = 0  # replay the same two batches through the accumulating trainer
+    tr.feed.batch_in_epoch = 0  # replay the same two batches through the accumulating trainer
     s1 = tr.train_step()
     # The same two batches as one padded batch.
     from aiayn.data.batching import pad
