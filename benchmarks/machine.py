@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import os
-import platform
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # aiayn from this checkout
 
 FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
 def cpu() -> dict:
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and ":" in line:
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and ":" in line:
-                    flags = set(line.split(":", 1)[1].split())
-                if name and flags:
-                    break
-    except OSError:
-        pass
+    from aiayn.accel.choose import cpu_info
+
+    name, flags = cpu_info()
     return {"cpu": name, "features": [f for f in FEATURES if f in flags], "cores": os.cpu_count()}
 
 

@@ -59,8 +59,8 @@ class Choices:
         return cls()
 
 
-def cpu_key() -> str:
-    """CPU model, the ISA features that matter here, PyTorch version and threads."""
+def cpu_info() -> tuple[str, set[str]]:
+    """This CPU's model name and ISA flags (from /proc/cpuinfo where there is one)."""
     name, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -72,6 +72,12 @@ def cpu_key() -> str:
                     break
     except OSError:
         pass
+    return name, flags
+
+
+def cpu_key() -> str:
+    """CPU model, the ISA features that matter here, PyTorch version and threads."""
+    name, flags = cpu_info()
     isa = "+".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
     return f"{name} [{isa}] torch {torch.__version__} threads {torch.get_num_threads()}"
 
