@@ -8,13 +8,13 @@ import copy
 import pytest
 import torch
 
-from aiayn.accel import Choices, FastAttention, FastOutputLayer, accelerate, choices, for_inference
+from aiayn.accel import Choices, FastAttention, FastOutputLayer, PreallocatedKVCache, accelerate, choices, for_inference
 from aiayn.accel import linear as L
 from aiayn.accel.dropout import FastDropout, dropout
 from aiayn.accel.linear import OneDNNLinear
 from aiayn.config import preset
 from aiayn.decode.search import beam_search, greedy_search, max_lengths
-from aiayn.model import LanguageModel, Transformer
+from aiayn.model import KVCache, LanguageModel, Transformer
 
 ALL = Choices.all()
 
@@ -67,6 +67,7 @@ def test_accelerate_swaps_modules_keeps_parameters_and_reports():
     kinds = {type(m) for m in fast.modules()}
     assert FastAttention in kinds and FastDropout in kinds and (OneDNNLinear in kinds) == L.AVAILABLE
     assert isinstance(fast.output, FastOutputLayer) == L.AVAILABLE
+    assert fast.kv_cache is PreallocatedKVCache and plain.kv_cache is KVCache
     assert fast.state_dict().keys() == plain.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(fast.state_dict().values(), plain.state_dict().values()))
     assert accelerate(fast, ALL, training=True) == []  # idempotent
@@ -146,3 +147,16 @@ def test_for_inference_keeps_translations_at_every_compute_type():
         ref = [h.tokens for h in greedy_search(copy.deepcopy(model), src, limit)]
         assert [h.tokens for h in greedy_search(for_inference(copy.deepcopy(model), "float32"), src, limit)] == ref
         assert len(greedy_search(for_inference(model, "int8"), src, limit)) == 3
+
+
+def test_an_old_cache_entry_is_measured_again(tmp_path, monkeypatch):
+    import json
+
+    from aiayn.accel import choose
+
+    monkeypatch.setenv("AIAYN_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("AIAYN_ACCEL", raising=False)
+    (tmp_path / "accel.json").write_text(json.dumps({choose.cpu_key(): {"fast_dropout": True}}))  # an older version's
+    monkeypatch.setattr(choose, "measure", lambda: Choices(preallocated_cache=True))
+    choose._MEMO.clear()
+    assert choices() == Choices(preallocated_cache=True)

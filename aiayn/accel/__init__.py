@@ -23,7 +23,7 @@ import logging
 import torch
 from torch import Tensor, nn
 
-from ..model.attention import MultiHeadAttention, attention, causal_mask
+from ..model.attention import KVCache, MultiHeadAttention, attention, causal_mask
 from ..model.transformer import OutputLayer
 from .choose import Choices, choices
 from .dropout import FastDropout
@@ -75,6 +75,42 @@ def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None
     return used @ v, weights
 
 
+class PreallocatedKVCache(KVCache):
+    """A self-attention cache that writes new positions into a buffer with room for ``CHUNK`` more, which
+    grows (one copy) only when full, so a decoding step costs no concatenation. ``k`` and ``v`` are
+    views of the filled part. Equal to :class:`~aiayn.model.attention.KVCache` (tested)."""
+
+    CHUNK = 16
+
+    def __init__(self, k: Tensor | None = None, v: Tensor | None = None) -> None:
+        super().__init__(k, v)
+        self._kbuf: Tensor | None = None
+        self._vbuf: Tensor | None = None
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self._kbuf is None and self.k is not None:  # given from outside: as the plain cache
+            return super().append(k, v)
+        n, t = self.length, k.size(2)
+        if self._kbuf is None or n + t > self._kbuf.size(2):
+            b, h, _, dk = k.shape
+            cap = n + t + self.CHUNK
+            kbuf, vbuf = k.new_empty(b, h, cap, dk), v.new_empty(b, h, cap, v.size(-1))
+            if n:
+                kbuf[:, :, :n], vbuf[:, :, :n] = self.k, self.v
+            self._kbuf, self._vbuf = kbuf, vbuf
+        self._kbuf[:, :, n : n + t] = k
+        self._vbuf[:, :, n : n + t] = v  # type: ignore[index]
+        self.k, self.v = self._kbuf[:, :, : n + t], self._vbuf[:, :, : n + t]  # type: ignore[index]
+        return self.k, self.v  # type: ignore[return-value]
+
+    def select(self, index: Tensor) -> None:
+        if self._kbuf is None:
+            return super().select(index)
+        n = self.length
+        self._kbuf, self._vbuf = self._kbuf.index_select(0, index), self._vbuf.index_select(0, index)  # type: ignore[union-attr]
+        self.k, self.v = self._kbuf[:, :, :n], self._vbuf[:, :, :n]
+
+
 class FastOutputLayer(OutputLayer):
     """The pre-softmax projection through :func:`~aiayn.accel.linear.linear`."""
 
@@ -110,6 +146,9 @@ def accelerate(model: nn.Module, choice: Choices | None = None, training: bool =
         elif type(m) is OutputLayer and onednn:
             swap(m, FastOutputLayer, "output projection → oneDNN")
     model._aiayn_accelerated = "training" if training else "decoding"
+    if c.preallocated_cache and getattr(model, "kv_cache", None) is KVCache:
+        model.kv_cache = PreallocatedKVCache  # an instance attribute: the class stays the paper's
+        changed["decoding caches → PreallocatedKVCache (no concatenation per step)"] = 1
     report = [f"{what}: {n}" for what, n in changed.items()]
     for line in report:
         log.debug("accelerate: %s", line)
@@ -125,4 +164,5 @@ def for_inference(model: nn.Module, compute_type: ComputeType = "float32") -> nn
 
 
 __all__ = ["Choices", "choices", "accelerate", "for_inference", "FastAttention", "FastOutputLayer", "OneDNNLinear",
+           "PreallocatedKVCache",
            "FastDropout", "EXPLICIT_TRAINING_MAX_LEN"]

@@ -19,7 +19,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -40,12 +40,13 @@ class Choices:
     explicit_training_bf16: bool = False  # training under bf16 autocast
     explicit_decoding_f32: bool = False  # decoding, a few queries per sentence (beams, one step), float32
     explicit_decoding_bf16: bool = False  # the same with bf16 weights
+    preallocated_cache: bool = False  # decoding caches written into a growing buffer (not measured: no copy per step)
 
     @classmethod
     def all(cls) -> Choices:
         from .linear import AVAILABLE
 
-        return cls(AVAILABLE, AVAILABLE, True, True, True, True, True)
+        return cls(AVAILABLE, AVAILABLE, True, True, True, True, True, True)
 
     def explicit_attention(self, training: bool, dtype: torch.dtype) -> bool:
         if dtype == torch.float32:
@@ -127,7 +128,8 @@ def measure() -> Choices:
     return Choices(onednn_linear_training=bool(onednn_training), onednn_linear_decoding=bool(onednn_decoding),
                    fast_dropout=bool(drop),
                    explicit_training_f32=training[torch.float32], explicit_training_bf16=training[torch.bfloat16],
-                   explicit_decoding_f32=decoding[torch.float32], explicit_decoding_bf16=decoding[torch.bfloat16])
+                   explicit_decoding_f32=decoding[torch.float32], explicit_decoding_bf16=decoding[torch.bfloat16],
+                   preallocated_cache=True)
 
 
 _MEMO: dict[tuple[str, str], Choices] = {}
@@ -151,11 +153,9 @@ def _cached_or_measured(key: str, path: Path) -> Choices:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
-    if isinstance(cached, dict) and isinstance(cached.get(key), dict):
-        try:
-            return Choices(**cached[key])
-        except TypeError:
-            pass  # written by another version: measure again
+    entry = cached.get(key) if isinstance(cached, dict) else None
+    if isinstance(entry, dict) and set(entry) == {f.name for f in fields(Choices)}:
+        return Choices(**entry)  # (an entry written by another version of aiayn is measured again)
     found = measure()
     try:
         from ..atomic import write_json_atomic

@@ -49,49 +49,30 @@ def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> Tenso
 class KVCache:
     """Keys and values of one attention layer, (B, h, T, d_k) each.
 
-    Self-attention caches are preallocated: new positions are written into a buffer with room for
-    ``CHUNK`` more, which grows (one copy) only when full, so a step costs no concatenation.
-    ``k`` and ``v`` are views of the filled part. Encoder-decoder caches are simply assigned.
+    Self-attention appends the new positions' keys and values at every decoding step; encoder-decoder
+    attention assigns the memory's once. (:class:`aiayn.accel.PreallocatedKVCache` writes into a
+    buffer instead of concatenating.)
     """
-
-    CHUNK = 16
 
     def __init__(self, k: Tensor | None = None, v: Tensor | None = None) -> None:
         self.k, self.v = k, v
-        self._kbuf: Tensor | None = None
-        self._vbuf: Tensor | None = None
 
     @property
     def length(self) -> int:
         return 0 if self.k is None else self.k.size(2)
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        if self._kbuf is None and self.k is not None:  # given from outside (e.g. the ONNX step): concatenate
+        """Add the keys/values of new positions (B, h, t, d_k); return all of them so far."""
+        if self.k is None:
+            self.k, self.v = k, v
+        else:
             self.k, self.v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)  # type: ignore[list-item]
-            return self.k, self.v  # type: ignore[return-value]
-        n, t = self.length, k.size(2)
-        if self._kbuf is None or n + t > self._kbuf.size(2):
-            b, h, _, dk = k.shape
-            cap = n + t + self.CHUNK
-            kbuf, vbuf = k.new_empty(b, h, cap, dk), v.new_empty(b, h, cap, v.size(-1))
-            if n:
-                kbuf[:, :, :n], vbuf[:, :, :n] = self.k, self.v
-            self._kbuf, self._vbuf = kbuf, vbuf
-        self._kbuf[:, :, n : n + t] = k
-        self._vbuf[:, :, n : n + t] = v  # type: ignore[index]
-        self.k, self.v = self._kbuf[:, :, : n + t], self._vbuf[:, :, : n + t]  # type: ignore[index]
         return self.k, self.v  # type: ignore[return-value]
 
     def select(self, index: Tensor) -> None:
         """Keep rows ``index`` of the batch (beam reordering, dropping finished sentences)."""
-        if self.k is None:
-            return
-        if self._kbuf is None:
+        if self.k is not None:
             self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)  # type: ignore[union-attr]
-            return
-        n = self.length
-        self._kbuf, self._vbuf = self._kbuf.index_select(0, index), self._vbuf.index_select(0, index)  # type: ignore[union-attr]
-        self.k, self.v = self._kbuf[:, :, :n], self._vbuf[:, :, :n]
 
 
 class Rotary(nn.Module):

@@ -10,12 +10,15 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..config import ModelConfig
+from .attention import KVCache
 from .layers import Embedding, InputLayer, init_linear_weights
 from .transformer import Decoder, DecoderState, OutputLayer
 
 
 class LanguageModel(nn.Module):
     """tokens (B, T) → next-token logits (B, T, V)."""
+
+    kv_cache: type[KVCache] = KVCache  # the self-attention cache of incremental decoding (aiayn.accel may swap it)
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -35,7 +38,7 @@ class LanguageModel(nn.Module):
         return self.output(self.decoder(tokens))
 
     def start(self) -> DecoderState:
-        return DecoderState.empty(len(self.decoder.layers))
+        return DecoderState.empty(len(self.decoder.layers), cache=self.kv_cache)
 
     def step(self, tokens: Tensor, state: DecoderState) -> Tensor:
         """tokens: (B, t) new tokens → logits (B, t, V); the caches in ``state`` grow by t."""

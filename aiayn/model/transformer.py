@@ -42,8 +42,10 @@ class DecoderState:
     offset: int = 0
 
     @classmethod
-    def empty(cls, n_layers: int, memory: Tensor | None = None, memory_mask: Tensor | None = None) -> DecoderState:
-        return cls([KVCache() for _ in range(n_layers)], [KVCache() for _ in range(n_layers)], memory, memory_mask)
+    def empty(cls, n_layers: int, memory: Tensor | None = None, memory_mask: Tensor | None = None,
+              cache: type[KVCache] = KVCache) -> DecoderState:
+        """No positions decoded yet; ``cache``: the class of the self-attention caches."""
+        return cls([cache() for _ in range(n_layers)], [KVCache() for _ in range(n_layers)], memory, memory_mask)
 
     def select(self, index: Tensor) -> None:
         """Keep (and reorder) the batch rows ``index``: beam reordering, dropping finished sentences."""
@@ -133,6 +135,8 @@ class Transformer(nn.Module):
     at a time with caches (used by greedy and beam search).
     """
 
+    kv_cache: type[KVCache] = KVCache  # the self-attention cache of incremental decoding (aiayn.accel may swap it)
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -160,7 +164,7 @@ class Transformer(nn.Module):
     def start(self, src: Tensor) -> DecoderState:
         """Encode the source once and return the state incremental decoding continues from."""
         memory, mask = self.encode(src)
-        return DecoderState.empty(len(self.decoder.layers), memory, mask)
+        return DecoderState.empty(len(self.decoder.layers), memory, mask, self.kv_cache)
 
     def step(self, tokens: Tensor, state: DecoderState) -> Tensor:
         """tokens: (B, t) new target tokens → logits (B, t, V) for the next positions; updates ``state``."""
