@@ -36,7 +36,7 @@ import torch
 from ..atomic import atomic_directory
 from ..config import BOS_ID, EOS_ID, PAD_ID
 from . import ExportError, onnx_beam
-from .onnx_graphs import OPSET, DecoderStepGraph, EncoderGraph, _examples
+from .onnx_graphs import OPSET, DecoderStepGraph, EncoderGraph, _examples, quiet_tracing
 
 
 def to_onnx(model, vocab, out: str | Path, beam: int = 4, nbest: int = 1, alpha: float = 0.6,
@@ -58,7 +58,7 @@ def _write_onnx(model, vocab, out: Path, beam: int, nbest: int, alpha: float, ex
     cfg = model.cfg
     enc_args, step_args = _examples(model)
     batch, src_len, past = "batch", "src_len", "past_len"
-    with torch.no_grad():
+    with torch.no_grad(), quiet_tracing():
         torch.onnx.export(EncoderGraph(model), enc_args, str(out / "encoder.onnx"), input_names=["src"],
                           output_names=["cross_k", "cross_v"], opset_version=OPSET, dynamo=False,
                           dynamic_axes={"src": {0: batch, 1: src_len}, "cross_k": {1: batch, 3: src_len},

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..config import BOS_ID, EOS_ID, PAD_ID
 from ..decode.search import length_penalty, merge_finished
 from . import ExportError
-from .onnx_graphs import OPSET, DecoderStepGraph, EncoderGraph
+from .onnx_graphs import OPSET, DecoderStepGraph, EncoderGraph, quiet_tracing
 
 NEG_INF = float("-inf")
 # The loop state, in the order the Loop carries it (the body takes and returns these).
@@ -131,7 +131,7 @@ def _trace(module: nn.Module, args: tuple[Tensor, ...], inputs: list[str], outpu
     import onnx
 
     buf = io.BytesIO()
-    with torch.no_grad():
+    with torch.no_grad(), quiet_tracing():
         torch.onnx.export(module, args, buf, input_names=inputs, output_names=outputs, opset_version=OPSET,
                           dynamo=False, dynamic_axes=dynamic)
     return onnx.load_from_string(buf.getvalue())

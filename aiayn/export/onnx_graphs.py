@@ -4,6 +4,10 @@ decoder layers' encoder-decoder keys and values) and one decoder step on explici
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
@@ -11,6 +15,18 @@ from ..config import BOS_ID, EOS_ID, PAD_ID
 from ..model.attention import KVCache
 
 OPSET = 18
+
+
+@contextmanager
+def quiet_tracing() -> Iterator[None]:
+    """Silence what tracing always says here: that shapes become constants (each graph is traced for
+    dynamic axes on purpose) and that the TorchScript exporter is the older one (it is the one whose
+    graphs this project tests)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
+        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
+        yield
 
 
 class EncoderGraph(nn.Module):
