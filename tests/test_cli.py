@@ -41,8 +41,11 @@ def test_prepare_train_average_translate_evaluate(toy_corpus, tmp_path):
     cfg.write_text(f"model:\n  preset: tiny\n  d_model: 32\n  d_ff: 64\ntrain:\n  data: {data}\n  out: {run}\n"
                    "  warmup: 20\n  max_tokens: 300\n  max_steps: 6\n  save_every: 3\n  eval_every: 3\n"
                    "  eval_bleu_sentences: 5\n")
-    last = json.loads(aiayn("train", str(cfg)).stdout.strip().splitlines()[-1])
+    r = aiayn("train", str(cfg))
+    last = json.loads(r.stdout.strip().splitlines()[-1])
     assert last["step"] == 6 and "dev_loss" in last
+    # Not a terminal: no progress bar, one line per log_every steps (50 by default: step 1 only here).
+    assert "step 1: loss" in r.stderr and "\r" not in r.stderr
     aiayn("average", "--run", str(run), "--last", "2", "--out", str(tmp_path / "avg"), "--half")
     lines = "la casa\n\nel de que\n"
     out = aiayn("translate", "--model", str(tmp_path / "avg"), "--beam", "2", stdin=lines).stdout

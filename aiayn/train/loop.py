@@ -265,7 +265,11 @@ class Trainer:
                    unit="step", dynamic_ncols=True, mininterval=1.0)
         window_tokens, window_start, last_metrics = 0.0, time.perf_counter(), {}
         self.stopped_by: str | None = None
-        with StopSignals() as signals:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        # In a terminal, log lines are printed above the progress bar, not glued onto it; without one
+        # (a pipe, a file, a scheduler's log) there is no bar and one line per log_every steps instead.
+        with StopSignals() as signals, logging_redirect_tqdm():
             while not self._done():
                 t0 = time.perf_counter()
                 s = self.train_step()
@@ -279,6 +283,8 @@ class Trainer:
                     dt = time.perf_counter() - window_start
                     rate = window_tokens / max(dt, 1e-9)
                     bar.set_postfix(loss=f"{s['loss']:.3f}", lr=f"{s['lr']:.2e}", tok_s=f"{rate:,.0f}")
+                    if bar.disable and self.rank == 0:
+                        log.info("step %d: loss %.4f, lr %.3g, %s tokens/s", self.step, s["loss"], s["lr"], f"{rate:,.0f}")
                     self._log({"kind": "train", "step": self.step, "epoch": self.epoch, "time": round(self.elapsed, 2),
                                "loss": s["loss"], "nll": s["nll"], "lr": s["lr"], "tokens_per_s": rate})
                     window_tokens, window_start = 0.0, time.perf_counter()
