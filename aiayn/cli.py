@@ -221,9 +221,18 @@ def cmd_viz(a: argparse.Namespace) -> None:
         model, vocab, config = _load(a.model)
         if _arch(config) != "encoder-decoder":
             _die("attention pictures need a translation (encoder-decoder) model")
-        parse = lambda s: [int(x) for x in s.split(",")] if s else None  # noqa: E731
+
+        def parse(spec: str | None) -> list[int] | None:
+            if spec is None or spec == "all":
+                return None
+            try:
+                return [int(x) for x in spec.split(",")]
+            except ValueError:
+                _die(f"{spec!r}: expected comma-separated numbers")
+
+        layers = parse(a.layers) if a.layers else "last"
         path = viz.plot_attention(model, vocab, a.text, a.out or "attention.png", tuple(a.kinds.split(",")),
-                                  parse(a.layers), parse(a.heads))
+                                  layers, parse(a.heads))
     print(path)
 
 
@@ -413,8 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", required=True)
     q.add_argument("--text", required=True)
     q.add_argument("-o", "--out")
-    q.add_argument("--kinds", default="encoder,decoder,cross", help="comma-separated subset of encoder,decoder,cross")
-    q.add_argument("--layers", help="comma-separated layer numbers (default all)")
+    q.add_argument("--kinds", default="cross", help="comma-separated subset of encoder,decoder,cross (default cross)")
+    q.add_argument("--layers", help="comma-separated layer numbers, or 'all' (default: each kind's last layer)")
     q.add_argument("--heads", help="comma-separated head numbers (default all)")
     p.set_defaults(func=cmd_viz)
 

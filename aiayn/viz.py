@@ -131,15 +131,18 @@ def attention_maps(model, vocab, text: str, beam: int = 1, tgt_tokens: list[int]
     return out
 
 
-def plot_attention(model, vocab, text: str, out: str | Path, kinds: tuple[str, ...] = ("encoder", "decoder", "cross"),
-                   layers: list[int] | None = None, heads: list[int] | None = None) -> Path:
-    """A grid of attention maps with token labels: one row per (kind, layer), one column per head."""
+def plot_attention(model, vocab, text: str, out: str | Path, kinds: tuple[str, ...] = ("cross",),
+                   layers: list[int] | str | None = "last", heads: list[int] | None = None) -> Path:
+    """A grid of attention maps with token labels: one row per (kind, layer), one column per head.
+
+    ``layers``: layer numbers, ``"last"`` (each kind's last layer: a readable default) or None (all)."""
     plt = _plt()
     maps = attention_maps(model, vocab, text)
     rows = []
     for kind in kinds:
         for i, w in enumerate(maps[kind]):
-            if layers is None or i in layers:
+            wanted = i == len(maps[kind]) - 1 if layers == "last" else layers is None or i in layers
+            if wanted:
                 rows.append((kind, i, w))
     if not rows:
         raise ValueError("no attention layer selected")
@@ -159,7 +162,7 @@ def plot_attention(model, vocab, text: str, out: str | Path, kinds: tuple[str, .
             ax.set_yticks(range(len(queries)), queries, fontsize=7)
             ax.set_title(f"{kind} layer {layer} head {h}", fontsize=9)
     fig.suptitle(f"{text}  →  {maps['translation']}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the title above the panels
     return _save(fig, out)
 
 

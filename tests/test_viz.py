@@ -46,11 +46,15 @@ def test_attention_maps_are_distributions_over_the_right_tokens(tmp_path):
     assert maps["encoder"][0].shape == (4, s, s) and maps["cross"][1].shape == (4, t, s)
     torch.testing.assert_close(maps["cross"][0].sum(-1), torch.ones(4, t))
     assert torch.all(maps["decoder"][0].triu(1) == 0)
-    img = _pixels(viz.plot_attention(model, vocab, "abc de", tmp_path / "a.png", layers=[1], heads=[0, 1]))
+    img = _pixels(viz.plot_attention(model, vocab, "abc de", tmp_path / "a.png", ("encoder", "decoder", "cross"),
+                                     layers=[1], heads=[0, 1]))
     cell = max(2.2, 0.22 * max(s, t))
     kinds = 3  # one row per (kind, layer): encoder, decoder, cross for layer 1; one column per head
     expected = (cell * kinds * 110, cell * 2 * 110)
     assert all(abs(got - want) <= 1 for got, want in zip(img.shape[:2], expected)) and img[..., :3].std() > 0.05
+    # The default: the last layer's encoder-decoder attention, every head: one row of 4 panels.
+    default = _pixels(viz.plot_attention(model, vocab, "abc de", tmp_path / "d.png"))
+    assert abs(default.shape[1] - cell * 4 * 110) <= 1 and abs(default.shape[0] - cell * 110) <= 1
 
 
 def _pixels(path):
