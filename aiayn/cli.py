@@ -84,7 +84,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 def cmd_average(a: argparse.Namespace) -> None:
     from .train.checkpoint import average_checkpoints, last_checkpoints
 
-    dirs = last_checkpoints(a.run, a.last) if a.run else [Path(d) for d in a.checkpoints]
+    dirs = last_checkpoints(a.run, a.last, a.min_step) if a.run else [Path(d) for d in a.checkpoints]
     if not dirs:
         _die("name checkpoint directories, or --run RUN_DIR with --last N")
     out = average_checkpoints(dirs, a.out, half=a.half, overwrite=a.overwrite)
@@ -365,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoints", nargs="*", help="checkpoint directories")
     p.add_argument("--run", help="a run directory: average its last --last checkpoints")
     p.add_argument("--last", type=int, default=5)
+    p.add_argument("--min-step", type=int, default=0, help="with --run: only checkpoints from this step on")
     p.add_argument("--out", required=True)
     p.add_argument("--half", action="store_true", help="store the weights in float16")
     p.add_argument("--overwrite", action="store_true",

@@ -435,3 +435,17 @@ def test_non_finite_activations_stop_decoding_with_an_error(small_run):
         model.output.tied.weight.mul_(1e38)  # finite weights, infinite logits
     with pytest.raises(FloatingPointError, match="non-finite"):
         Translator(model, vocab).translate(["la casa"])
+
+
+def test_averaging_warns_when_it_reaches_into_early_training(small_run, caplog):
+    from aiayn.train.checkpoint import last_checkpoints
+
+    with caplog.at_level("WARNING"):
+        found = last_checkpoints(small_run, 2)  # steps 2 and 4: step 2 is in the first half
+    assert [p.name for p in found] == ["step_0000002", "step_0000004"] and "first half of training" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert [p.name for p in last_checkpoints(small_run, 2, min_step=3)] == ["step_0000004"]
+    assert "first half" not in caplog.text
+    with pytest.raises(CheckpointError, match="no checkpoint at step 9"):
+        last_checkpoints(small_run, 2, min_step=9)

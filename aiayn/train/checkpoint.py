@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from ..data.vocab import load_vocab, vocab_manifest
 from ..model import build_model
 
 FORMAT = "aiayn-model/1"
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -96,14 +98,30 @@ def model_arch(config: dict[str, Any]) -> str:
     return config["model"].get("arch", "encoder-decoder")
 
 
-def last_checkpoints(run_dir: str | Path, n: int) -> list[Path]:
-    """The last ``n`` checkpoints (``step_N`` directories) of a training run, oldest first."""
+def last_checkpoints(run_dir: str | Path, n: int, min_step: int = 0) -> list[Path]:
+    """The last ``n`` checkpoints (``step_N`` directories) of a training run from step ``min_step`` on,
+    oldest first. Warns when they reach back into the first half of training, where averaging (§6.1)
+    pulls the result towards an undertrained model."""
     if n < 1:
         raise CheckpointError(f"the number of checkpoints must be at least 1, got {n}")
     found = sorted(p for p in (Path(run_dir) / "checkpoints").glob("step_*") if p.is_dir())
     if not found:
         raise CheckpointError(f"{run_dir}: no checkpoints under {run_dir}/checkpoints")
-    return found[-n:]
+    kept = [p for p in found if _step(p) >= min_step][-n:]
+    if not kept:
+        raise CheckpointError(f"{run_dir}: no checkpoint at step {min_step} or later (the last is {found[-1].name})")
+    first, last = _step(kept[0]), _step(kept[-1])
+    if len(kept) > 1 and first <= last / 2:
+        log.warning("averaging checkpoints from step %d to %d: the earliest are from the first half of training and "
+                    "can lower the result; give fewer (--last) or a later --min-step", first, last)
+    return kept
+
+
+def _step(checkpoint: Path) -> int:
+    try:
+        return int(checkpoint.name.split("_", 1)[1])
+    except (IndexError, ValueError):
+        return -1
 
 
 def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Any, dict[str, Any]]:
