@@ -449,3 +449,9 @@ def test_averaging_warns_when_it_reaches_into_early_training(small_run, caplog):
     assert "first half" not in caplog.text
     with pytest.raises(CheckpointError, match="no checkpoint at step 9"):
         last_checkpoints(small_run, 2, min_step=9)
+
+
+def test_a_warm_up_as_long_as_training_is_warned_about(toy_data, tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        run_cfg(toy_data, tmp_path / "r", warmup=4000, max_steps=2000)
+    assert "never leaves warm-up" in caplog.text
