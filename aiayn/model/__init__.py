@@ -62,7 +62,7 @@ def parameter_breakdown(model: nn.Module) -> OrderedDict[str, int]:
     * a final LayerNorm per stack only with pre-LN, and a separate output matrix only with tie=none.
 
     paper-base, V = 37,000: 18.94M + 6·3.15M + 6·4.20M = 63.08M. The paper's Table 3 says 65M (its
-    exact vocabulary size and counting are not given); paper-big gives 214.1M against Table 3's 213M.
+    exact vocabulary size and counting are not given); paper-big gives 214.2M against Table 3's 213M.
     """
     seen: set[int] = set()
     out: OrderedDict[str, int] = OrderedDict()
