@@ -201,8 +201,7 @@ def atomic_directory(final: str | Path, overwrite: bool = False, what: str = "di
         yield tmp
         files = sorted(p.name for p in tmp.iterdir())
         (tmp / LISTING).write_text(json.dumps({"what": what, "files": files}) + "\n", encoding="utf-8")
-        umask = os.umask(0)
-        os.umask(umask)
+        umask = _umask()
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp/mkstemp make private files: give them the usual modes
         for f in tmp.iterdir():
             os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
@@ -219,6 +218,13 @@ def atomic_directory(final: str | Path, overwrite: bool = False, what: str = "di
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set back at once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -257,9 +263,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes a private file: give it the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

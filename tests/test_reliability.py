@@ -455,3 +455,18 @@ def test_a_warm_up_as_long_as_training_is_warned_about(toy_data, tmp_path, caplo
     with caplog.at_level("WARNING"):
         run_cfg(toy_data, tmp_path / "r", warmup=4000, max_steps=2000)
     assert "never leaves warm-up" in caplog.text
+
+
+def test_old_checkpoint_cleanup_leaves_what_aiayn_did_not_write(toy_data, tmp_path):
+    """keep_last removes old step_NNNNNNN checkpoints aiayn wrote, and nothing else under checkpoints/."""
+    out = tmp_path / "run"
+    train(run_cfg(toy_data, out, max_steps=1, save_every=1, keep_last=2))  # an aiayn run (a foreign one is refused)
+    mine = out / "checkpoints" / "step_0000000"  # then a user's directory with a checkpoint-like name, oldest of all
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    (out / "checkpoints" / "README").write_text("also mine")
+    train(run_cfg(toy_data, out, max_steps=6, save_every=1, keep_last=2))
+    assert (mine / "notes.txt").read_text() == "mine" and (out / "checkpoints" / "README").read_text() == "also mine"
+    from aiayn.train.checkpoint import run_checkpoints
+
+    assert [p.name for p in run_checkpoints(out)] == ["step_0000005", "step_0000006"]

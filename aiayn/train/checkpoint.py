@@ -25,13 +25,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 from torch import nn
 
-from ..atomic import atomic_directory, check_replaceable
+from ..atomic import atomic_directory, check_replaceable, owned_files
 from ..config import ConfigError, ModelConfig, from_dict
 from ..data.prepare import sha256_file
 from ..data.vocab import load_vocab, vocab_manifest
 from ..model import build_model
 
 FORMAT = "aiayn-model/1"
+CHECKPOINT_NAME = re.compile(r"step_(\d{7})")  # checkpoints/step_0001000: a run's checkpoint at step 1000
 log = logging.getLogger(__name__)
 
 
@@ -56,7 +57,7 @@ def save_model_dir(
     today is a model that translates to nothing tomorrow.
     """
     final = Path(directory)
-    bad = [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    bad = _non_finite(model)
     if bad:
         raise CheckpointError(f"{final}: not saved: weights are not finite (NaN/inf in {', '.join(bad[:3])}); "
                               "training diverged (lower the learning rate, or use a longer warm-up)")
@@ -64,10 +65,9 @@ def save_model_dir(
         m = copy.deepcopy(model).half() if half else model
         save_model(m, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
         vocab.save(tmp)
-        config = {"format": FORMAT, "model": cfg.__dict__.copy(),
-                  "vocab": vocab_manifest(vocab),
-                  "weights_sha256": sha256_file(tmp / "model.safetensors")}
+        config = {"format": FORMAT, "model": cfg.__dict__.copy(), "vocab": vocab_manifest(vocab)}
         config.update(meta or {})
+        config["weights_sha256"] = sha256_file(tmp / "model.safetensors")  # of these weights, whatever meta says
         (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer_state.pt")
@@ -98,13 +98,32 @@ def model_arch(config: dict[str, Any]) -> str:
     return config["model"].get("arch", "encoder-decoder")
 
 
+def _non_finite(model: nn.Module) -> list[str]:
+    """Names of the floating-point weights of ``model`` that hold a NaN or an infinity."""
+    return [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def run_checkpoints(run_dir: str | Path) -> list[Path]:
+    """A run's checkpoints, oldest first: the ``step_NNNNNNN`` model directories aiayn wrote under
+    ``checkpoints/`` (anything else there, a user's or a half-written one, is not one of them)."""
+    d = Path(run_dir) / "checkpoints"
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir()
+                  if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir() and owned_files(p, "model directory") is not None)
+
+
 def last_checkpoints(run_dir: str | Path, n: int, min_step: int = 0) -> list[Path]:
     """The last ``n`` checkpoints (``step_N`` directories) of a training run from step ``min_step`` on,
     oldest first. Warns when they reach back into the first half of training, where averaging (§6.1)
     pulls the result towards an undertrained model."""
     if n < 1:
         raise CheckpointError(f"the number of checkpoints must be at least 1, got {n}")
-    found = sorted(p for p in (Path(run_dir) / "checkpoints").glob("step_*") if p.is_dir())
+    found = run_checkpoints(run_dir)
     if not found:
         raise CheckpointError(f"{run_dir}: no checkpoints under {run_dir}/checkpoints")
     kept = [p for p in found if _step(p) >= min_step][-n:]
@@ -118,10 +137,7 @@ def last_checkpoints(run_dir: str | Path, n: int, min_step: int = 0) -> list[Pat
 
 
 def _step(checkpoint: Path) -> int:
-    try:
-        return int(checkpoint.name.split("_", 1)[1])
-    except (IndexError, ValueError):
-        return -1
+    return int(CHECKPOINT_NAME.fullmatch(checkpoint.name).group(1))  # type: ignore[union-attr]
 
 
 def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Any, dict[str, Any]]:
@@ -144,7 +160,7 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") ->
         raise CheckpointError(f"{weights}: weights do not match the configuration "
                               f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
     verify_weights(d, config)
-    bad = [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    bad = _non_finite(model)
     if bad:
         raise CheckpointError(f"{weights}: weights are not finite (NaN/inf in {', '.join(bad[:3])}); this model cannot be used")
     try:
@@ -188,7 +204,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         raise CheckpointError(f"{latest}: damaged ({type(e).__name__}: {e}); point it at a checkpoint, "
                               'e.g. {"path": "step_0001000"}, or remove it to start over') from None
     path = latest.parent / str(name)
-    if not re.fullmatch(r"step_\d{7}", str(name)) or not path.is_dir():
+    if not CHECKPOINT_NAME.fullmatch(str(name)) or not path.is_dir():
         raise CheckpointError(f"{latest}: points at {name!r}, which is not a checkpoint directory here")
     return path
 
@@ -235,5 +251,4 @@ def average_checkpoints(directories: list[str | Path], out: str | Path, half: bo
     model.load_state_dict({**model.state_dict(), **avg}, strict=True)
     meta = {k: v for k, v in config.items() if k not in ("format", "model", "vocab")}
     meta["averaged"] = [str(d) for d in directories]
-    meta.pop("weights_sha256", None)
     return save_model_dir(out, model, model.cfg, vocab, meta, half=half, overwrite=overwrite)

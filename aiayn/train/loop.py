@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import re
 import shutil
 import time
 from contextlib import nullcontext
@@ -36,12 +35,12 @@ import torch.distributed as dist
 from torch import nn
 
 from ..accel import accelerate
-from ..atomic import owned_files, write_json_atomic
+from ..atomic import write_json_atomic
 from ..config import ConfigError, RunConfig, TrainConfig, load_run_config
 from ..data.prepare import load_manifest
 from ..data.vocab import load_vocab
 from ..model import build_model, count_parameters
-from .checkpoint import latest_checkpoint, restore_checkpoint, save_model_dir
+from .checkpoint import checkpoint_name, latest_checkpoint, restore_checkpoint, run_checkpoints, save_model_dir
 from .feed import Feed
 from .optim import cosine_decay, cosine_lr, inverse_sqrt_lr, label_smoothed_loss, make_optimizer
 from .process import Processes, StopSignals, autocast_context, pick_device
@@ -216,11 +215,10 @@ class Trainer:
             return None
         meta = {"step": self.step, "epoch": self.epoch, "elapsed_seconds": round(self.elapsed, 1), "metrics": metrics or {},
                 "train": self.run.to_dict()["train"]}
-        path = self.out / "checkpoints" / f"step_{self.step:07d}"
+        path = self.out / "checkpoints" / checkpoint_name(self.step)
         save_model_dir(path, self.model, self.run.model, self.vocab, meta, trainer_state=self._trainer_state(rng), overwrite=True)
         write_json_atomic(self.out / "checkpoints" / "latest.json", {"step": self.step, "path": path.name})
-        old = sorted(p for p in (self.out / "checkpoints").glob("step_*")
-                     if p.is_dir() and re.fullmatch(r"step_\d{7}", p.name) and owned_files(p, "model directory") is not None)
+        old = run_checkpoints(self.out)
         for p in old[: max(0, len(old) - self.cfg.keep_last)]:
             if p != path:
                 shutil.rmtree(p)
