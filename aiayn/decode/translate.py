@@ -27,6 +27,14 @@ class BadInput(ValueError):
         self.line, self.reason = line, reason
 
 
+def unusable_character(text: str) -> str | None:
+    """What in ``text`` no tokenizer should see, said in words (a NUL byte, an unpaired surrogate), or None."""
+    bad = next((c for c in text if c == "\x00" or "\ud800" <= c <= "\udfff"), None)
+    if bad is None:
+        return None
+    return "a NUL byte" if bad == "\x00" else f"an unpaired surrogate U+{ord(bad):04X}"
+
+
 class Translator:
     """Translate strings with a :class:`~aiayn.model.Transformer` and its vocabulary."""
 
@@ -77,9 +85,9 @@ class Translator:
 
     def check(self, text: str) -> list[int]:
         """Token ids of one input, or :class:`ValueError` saying why it cannot be translated."""
-        bad = next((c for c in text if c == "\x00" or "\ud800" <= c <= "\udfff"), None)
+        bad = unusable_character(text)
         if bad is not None:
-            raise ValueError("a NUL byte" if bad == "\x00" else f"an unpaired surrogate U+{ord(bad):04X}")
+            raise ValueError(bad)
         ids = self.vocab.encode(text.strip())
         if len(ids) > self.cfg.max_input_tokens:
             raise ValueError(f"{len(ids)} tokens, more than max_input_tokens={self.cfg.max_input_tokens}")

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from ..config import Limits
 from ..decode.sampling import SampleConfig
-from ..decode.translate import DecodeConfig
+from ..decode.translate import DecodeConfig, unusable_character
 
 STATIC = Path(__file__).parent / "static"
 
@@ -72,6 +72,11 @@ class RequestError(Exception):
         self.status, self.detail, self.headers = status, detail, headers
 
 
+def _work(tokens: int, beam: int) -> int:
+    """What decoding a text costs, in the unit of the server's work limits: (source tokens + 1) × beam."""
+    return (tokens + 1) * beam
+
+
 @dataclass
 class _Job:
     """One /translate request in the queue: its encoded texts, search settings and answer."""
@@ -85,7 +90,7 @@ class _Job:
     cancelled: bool = False
 
     def work(self, i: int) -> int:
-        return (len(self.ids[i]) + 1) * self.key[0]
+        return _work(len(self.ids[i]), self.key[0])
 
     def remaining_work(self) -> int:
         return sum(self.work(i) for i in range(self.next, len(self.ids)))
@@ -106,18 +111,17 @@ class Service:
     def __init__(self, model_dir: str | Path, limits: Limits | None = None) -> None:
         from ..accel import accelerate
         from ..model import count_parameters
-        from ..train.checkpoint import load_model_dir
+        from ..train.checkpoint import load_model_dir, model_arch
 
         self.model_dir = Path(model_dir)
         self.model, self.vocab, self.config = load_model_dir(model_dir)
         accelerate(self.model)  # once, before any request (aiayn.accel)
-        self.arch = self.config["model"].get("arch", "encoder-decoder")
+        self.arch = model_arch(self.config)
         self.n_params = count_parameters(self.model)
         self.limits = limits or Limits()
         self.pending: list[_Job] = []  # jobs with texts not yet taken into a batch
         self.unanswered = 0  # requests accepted and not yet answered (waiting or being decoded)
         self.arrived = asyncio.Event()
-        self.lock = asyncio.Lock()  # /generate: one sampling call at a time
         self.batches = 0
         self.draining = False  # set on shutdown: new requests get 503
         self.worker: asyncio.Task | None = None
@@ -152,15 +156,14 @@ class Service:
         for i, t in enumerate(texts):
             if len(t) > lim.max_chars:
                 raise RequestError(413, f"text {i} has {len(t)} characters; the limit is {lim.max_chars}")
-            bad = next((c for c in t if "\ud800" <= c <= "\udfff" or c == "\x00"), None)
+            bad = unusable_character(t)
             if bad is not None:
-                raise RequestError(422, f"text {i} contains {'a NUL character' if bad == chr(0) else 'an unpaired surrogate'} "
-                                        f"(U+{ord(bad):04X}); send valid Unicode text")
+                raise RequestError(422, f"text {i} contains {bad}; send valid Unicode text")
             seq = self.vocab.encode(t.strip())
             if len(seq) > lim.max_tokens:
                 raise RequestError(413, f"text {i} has {len(seq)} tokens; the limit is {lim.max_tokens}")
             ids.append(seq)
-        work = sum((len(s) + 1) * beam for s in ids)
+        work = sum(_work(len(s), beam) for s in ids)
         if work > lim.max_request_work:
             raise RequestError(413, f"the request asks for {work:,} units of work (source tokens × beam); the limit is "
                                     f"{lim.max_request_work:,}: send fewer texts or a smaller beam")
@@ -224,7 +227,7 @@ class Service:
                     await self._run_batch([part])
                 return
         self.batches += 1
-        work = sum((len(s) + 1) * key[0] for s in ids)
+        work = sum(_work(len(s), key[0]) for s in ids)
         self.seconds_per_work = 0.8 * self.seconds_per_work + 0.2 * (time.perf_counter() - t0) / max(work, 1)
         k = 0
         for j, idx in batch:
@@ -297,8 +300,7 @@ class Service:
         if self.draining:
             raise RequestError(503, "the server is shutting down", {"Retry-After": "5"})
         cfg = SampleConfig(req.max_new_tokens, req.temperature, req.top_k, req.top_p, req.seed)
-        async with self.lock:
-            text = await self.call(generate_text, self.model, self.vocab, req.prompt, cfg)
+        text = await self.call(generate_text, self.model, self.vocab, req.prompt, cfg)  # one model call at a time
         return {"prompt": req.prompt, "text": text}
 
     def info(self) -> dict[str, Any]:
