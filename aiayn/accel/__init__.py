@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import logging
 
-import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..model.attention import KVCache, MultiHeadAttention, attention, causal_mask
+from ..model.attention import KVCache, MultiHeadAttention
 from ..model.transformer import OutputLayer
 from .choose import Choices, choices
 from .dropout import FastDropout
@@ -47,32 +47,18 @@ class FastAttention(MultiHeadAttention):
     def affine(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         return onednn_linear(x, w, b) if self.onednn else super().affine(x, w, b)
 
-    def kernel(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, dropout: float,
-               need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        c = self.choices
-        if self.impl == "sdpa" and not need_weights and q.device.type == "cpu":
-            if q.requires_grad:
-                explicit = c.explicit_attention(True, q.dtype) and k.size(2) <= EXPLICIT_TRAINING_MAX_LEN
-            else:
-                explicit = (c.explicit_attention(False, q.dtype) and dropout == 0.0 and not causal
-                            and 1 < q.size(2) <= SMALL_QUERY_MAX)
-            if explicit:
-                if causal:
-                    cm = causal_mask(q.size(2), k.size(2), q.device)
-                    mask = cm if mask is None else mask & cm
-                if dropout > 0.0 and self.training:  # equation (1) with dropout on the weights
-                    return _attention_with_dropout(q, k, v, mask, dropout, c.fast_dropout)[0], None
-                return attention(q, k, v, mask)[0], None
-        return super().kernel(q, k, v, mask, causal, dropout, need_weights)
+    def explicit(self, q: Tensor, k: Tensor, causal: bool, dropout: float) -> bool:
+        """Equation (1)'s products instead of SDPA where this machine's measurement found them faster:
+        training over sentence-length keys, or decoding a beam search's group of a few queries."""
+        if q.device.type != "cpu":
+            return False
+        if q.requires_grad:
+            return self.choices.explicit_attention(True, q.dtype) and k.size(2) <= EXPLICIT_TRAINING_MAX_LEN
+        return (self.choices.explicit_attention(False, q.dtype) and dropout == 0.0 and not causal
+                and 1 < q.size(2) <= SMALL_QUERY_MAX)
 
-
-def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float, fast: bool) -> tuple[Tensor, Tensor]:
-    scores = q @ k.transpose(-2, -1) / q.size(-1) ** 0.5
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    weights = scores.softmax(-1)
-    used = fast_dropout(weights, p, True) if fast else torch.nn.functional.dropout(weights, p, True)
-    return used @ v, weights
+    def drop(self, x: Tensor, p: float, training: bool) -> Tensor:  # type: ignore[override]
+        return fast_dropout(x, p, training) if self.choices.fast_dropout else F.dropout(x, p, training)
 
 
 class PreallocatedKVCache(KVCache):

@@ -16,6 +16,7 @@ of the encoder output, computed once per source sentence.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextvars import ContextVar
 
 import torch
@@ -24,18 +25,20 @@ from torch import Tensor, nn
 
 
 def attention(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout: float = 0.0, training: bool = False
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout: float = 0.0, training: bool = False,
+    drop: Callable[[Tensor, float, bool], Tensor] = F.dropout,
 ) -> tuple[Tensor, Tensor]:
     """Scaled dot-product attention, §3.2.1 equation (1): softmax(QKᵀ/√d_k)·V.
 
     q: (B, h, T_q, d_k), k: (B, h, T_k, d_k), v: (B, h, T_k, d_v), mask: bool, True = attend.
-    Returns the output (B, h, T_q, d_v) and the attention weights (B, h, T_q, T_k).
+    Returns the output (B, h, T_q, d_v) and the attention weights (B, h, T_q, T_k). ``drop`` is the
+    dropout applied to the weights in training (``F.dropout``).
     """
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, h, T_q, T_k)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = scores.softmax(dim=-1)
-    weights_used = F.dropout(weights, dropout, True) if dropout > 0.0 and training else weights
+    weights_used = drop(weights, dropout, True) if dropout > 0.0 and training else weights
     return weights_used @ v, weights
 
 
@@ -235,11 +238,20 @@ class MultiHeadAttention(nn.Module):
     def kernel(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, dropout: float,
                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """softmax(QKᵀ/√d_k + mask)·V for q (B, h, T_q, d_k) against k, v (B, h, T_k, d_k): PyTorch's fused
-        SDPA, or equation (1) written out (``impl = "reference"``, and whenever the weights are wanted).
-        ``causal``: a square causal pattern not yet in ``mask``. Returns (output, weights or None)."""
-        if self.impl == "reference" or need_weights:
+        SDPA, or equation (1) written out (``impl = "reference"``, whenever the weights are wanted, and
+        where :meth:`explicit` says so). ``causal``: a square causal pattern not yet in ``mask``.
+        Returns (output, the weights when ``need_weights``, else None)."""
+        if self.impl == "reference" or need_weights or self.explicit(q, k, causal, dropout):
             if causal:
                 cm = causal_mask(q.size(2), k.size(2), q.device)
                 mask = cm if mask is None else mask & cm
-            return attention(q, k, v, mask, dropout, self.training)
+            out, weights = attention(q, k, v, mask, dropout, self.training, self.drop)
+            return out, weights if need_weights else None
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal), None
+
+    def explicit(self, q: Tensor, k: Tensor, causal: bool, dropout: float) -> bool:
+        """Whether to compute equation (1) as written where SDPA would do: never here (the paper's model);
+        :mod:`aiayn.accel` decides per machine."""
+        return False
+
+    drop = staticmethod(F.dropout)  # dropout on the attention weights, (x, p, training) → x
