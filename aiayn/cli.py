@@ -287,7 +287,9 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
 
 def _decode_args(p: argparse.ArgumentParser) -> None:
-    d = _defaults("decode")
+    from .config import DecodeConfig
+
+    d = DecodeConfig()
     p.add_argument("--beam", type=int, default=d.beam, help=f"beam size; 1 = greedy (default {d.beam}, §6.1)")
     p.add_argument("--alpha", type=float, default=d.alpha, help=f"GNMT length penalty α (default {d.alpha})")
     p.add_argument("--max-len-a", type=float, default=d.max_len_a,
@@ -300,27 +302,10 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = PyTorch's default)")
 
 
-def _defaults(kind: str):
-    """The library's defaults, so that each exists once: the CLI shows and uses them, never its own."""
-    if kind == "decode":
-        from .decode.translate import DecodeConfig
-
-        return DecodeConfig()
-    if kind == "sample":
-        from .decode.sampling import SampleConfig
-
-        return SampleConfig()
-    if kind == "prepare":
-        from .data.prepare import PrepareConfig
-
-        return PrepareConfig(train="", out="")
-    from .serve.app import Limits
-
-    return Limits()
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The command line; every default comes from the library's configuration classes (aiayn.config)."""
     from . import __version__
+    from .config import DecodeConfig, Limits, PrepareConfig, SampleConfig
 
     ap = argparse.ArgumentParser(prog="aiayn",
                                  description="The Transformer of 'Attention Is All You Need': train, translate, evaluate.")
@@ -345,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--lm", action="store_true", help="monolingual text for a language model")
-    d = _defaults("prepare")
+    d = PrepareConfig(train="", out="")
     p.add_argument("--vocab", choices=["bpe", "unigram", "char"], default=d.vocab)
     p.add_argument("--vocab-size", type=int, default=d.vocab_size)
     p.add_argument("--spm-model", help="reuse this SentencePiece model")
@@ -376,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--input", "-i")
     p.add_argument("--output", "-o")
-    p.add_argument("--nbest", type=int, default=_defaults("decode").nbest, help="write the n best as 'line<TAB>score<TAB>text'")
+    p.add_argument("--nbest", type=int, default=DecodeConfig().nbest, help="write the n best as 'line<TAB>score<TAB>text'")
     p.add_argument("--chunk", type=int, default=256, help="lines read before translating (streaming)")
     p.add_argument("--skip-invalid", action="store_true",
                    help="an input line that cannot be translated (invalid UTF-8, NUL, too long) becomes an empty "
@@ -399,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--prompt", help="the text to continue")
     p.add_argument("--prompt-file", help="read the prompt from this file")
-    d = _defaults("sample")
+    d = SampleConfig()
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--temperature", type=float, default=d.temperature, help=f"0 = greedy (default {d.temperature})")
     p.add_argument("--top-k", type=int, default=d.top_k, help="sample among the k most probable tokens (0 = all)")
@@ -433,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="default: this machine only")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--threads", type=int, default=0)
-    d = _defaults("serve")
+    d = Limits()
     p.add_argument("--max-texts", type=int, default=d.max_texts, help="texts per request (more: 413)")
     p.add_argument("--max-chars", type=int, default=d.max_chars, help="characters per text (more: 413)")
     p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="source tokens per text (more: 413)")
@@ -457,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantization", choices=["int8", "int8_float32", "float16", "bfloat16"], help="CTranslate2 weight type")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is an export aiayn wrote (never anything else)")
     g = p.add_argument_group("ONNX beam search (baked into beam_search.onnx)")
-    d = _defaults("decode")
+    d = DecodeConfig()
     g.add_argument("--beam", type=int, default=d.beam)
     g.add_argument("--nbest", type=int, default=d.nbest)
     g.add_argument("--alpha", type=float, default=d.alpha, help="GNMT length penalty")
