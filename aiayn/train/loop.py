@@ -195,17 +195,10 @@ class Trainer:
         dist.all_gather_object(everyone, {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in mine.items()})
         return everyone
 
-    def _trainer_state(self, rng: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-            "elapsed": self.elapsed,
-            "best_loss": self.best_loss,
-            "torch_rng": torch.get_rng_state(),
-            "python_rng": list(random.getstate()[1]),
-            "rank_rng": rng or [self._rng_state()],
-            **self.feed.state_dict(),
-        }
+    def _trainer_state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
+        """What resuming needs besides the weights; ``rng``: every process's random state (its rank's)."""
+        return {"optimizer": self.optimizer.state_dict(), "step": self.step, "elapsed": self.elapsed,
+                "best_loss": self.best_loss, "rank_rng": rng, **self.feed.state_dict()}
 
     def save(self, metrics: dict[str, float] | None = None) -> Path | None:
         """Write checkpoints/step_N (every process takes part; rank 0 writes), point latest.json at it,
@@ -232,6 +225,7 @@ class Trainer:
         self.optimizer.load_state_dict(st["optimizer"])
         self.feed.load_state_dict(st)
         self.step, self.elapsed, self.best_loss = st["step"], st["elapsed"], st["best_loss"]
+        # Checkpoints written before rank_rng kept one process's state at the top level.
         ranks = st.get("rank_rng") or [{"torch_rng": st["torch_rng"], "python_rng": st["python_rng"]}]
         if len(ranks) != self.world:
             log.warning("%s was saved by %d process(es), resuming with %d: dropout masks will not repeat exactly",
