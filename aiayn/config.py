@@ -424,8 +424,13 @@ class TrainConfig:
     compile: bool = False
     seed: int = 1234
 
+    def __post_init__(self) -> None:
+        self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]  # a YAML list
+        self.validate()
+
     def validate(self) -> None:
         """Refuse values that would crash later (a division by zero) or lose work (keep_last 0)."""
+        _check_literals(self)
         for name in ("save_every", "eval_every", "log_every", "update_freq", "keep_last", "max_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
@@ -479,8 +484,6 @@ def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | 
     name = model_raw.pop("preset", None)
     model = preset(name, **model_raw) if name else from_dict(ModelConfig, model_raw, where="model")
     train = from_dict(TrainConfig, dict(raw.get("train") or {}), where="train")
-    train.adam_betas = tuple(train.adam_betas)  # type: ignore[assignment]
-    train.validate()
     return RunConfig(model, train)
 
 
