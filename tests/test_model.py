@@ -155,6 +155,19 @@ def test_cached_decoding_equals_full_forward(opts):
     torch.testing.assert_close(torch.cat([a, b], 1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_beams_share_one_copy_of_the_memory():
+    # start(src, beams=k): k decoder rows per sentence against one row of memory, the same as k copies.
+    m = Transformer(tiny()).eval()
+    src, tgt = _src_tgt()
+    k = 3
+    grouped = m.start(src, beams=k)
+    out = m.step(tgt.repeat_interleave(k, 0)[:, :3], grouped)
+    copies = m.start(src.repeat_interleave(k, 0))
+    torch.testing.assert_close(out, m.step(tgt.repeat_interleave(k, 0)[:, :3], copies), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="beams=2"):  # the count is stated, never guessed from the shapes
+        m.step(tgt.repeat_interleave(k, 0)[:, :1], m.start(src, beams=2))
+
+
 def test_language_model_cache_equals_full_forward():
     m = LanguageModel(preset("gpt-nano", vocab_size=50)).eval()
     x = torch.randint(4, 50, (2, 12))

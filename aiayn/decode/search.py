@@ -147,7 +147,7 @@ def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float
     b, k = src.size(0), beam
     # Rows [i*k, (i+1)*k) of the decoder's batch are sentence i's beams. What depends only on the source
     # (the memory and its keys/values) stays one row per sentence: attention groups the k beams.
-    state = model.start(src)
+    state = model.start(src, beams=k)
     alive = torch.arange(b, device=dev)  # original sentence of each active block of k rows
     limit = max_len.to(dev)
     steps = int(limit.max())

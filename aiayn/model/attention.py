@@ -185,8 +185,12 @@ class MultiHeadAttention(nn.Module):
         causal: bool = False,
         cache: KVCache | None = None,
         static_kv: bool = False,
+        beams: int = 1,
     ) -> Tensor:
         """x: (B, T, d) queries. Self-attention when ``memory`` is None, else attention over memory (B, S, d).
+
+        ``beams``: query rows per key row (beam search: x is (B·k, T, d), each sentence's k hypotheses
+        in consecutive rows, against one copy of its memory, (B, S, d)).
 
         ``cache``: for self-attention, earlier keys/values are read from it and the new ones appended;
         with ``static_kv`` (encoder-decoder attention) it holds the memory's keys/values, filled on first use
@@ -211,8 +215,10 @@ class MultiHeadAttention(nn.Module):
                     cache.k, cache.v = k, v
 
         # Beam search keeps one copy of the memory's keys/values per sentence, not per beam: the
-        # g = B_q / B_k query rows of a sentence (its beams) attend to the same keys as one group.
-        groups = q.size(0) // k.size(0)
+        # ``beams`` query rows of a sentence attend to the same keys as one group of queries.
+        groups = beams
+        if q.size(0) != k.size(0) * groups:
+            raise ValueError(f"{q.size(0)} query rows cannot attend to {k.size(0)} key rows with beams={beams}")
         if groups > 1:
             n, h, t_g, dk = k.size(0), q.size(1), q.size(2), q.size(3)
             q = q.view(n, groups, h, t_g, dk).transpose(1, 2).reshape(n, h, groups * t_g, dk)

@@ -168,11 +168,13 @@ class DecoderLayer(nn.Module):
         memory_mask: Tensor | None = None,
         self_cache: KVCache | None = None,
         cross_cache: KVCache | None = None,
+        beams: int = 1,
     ) -> Tensor:
+        """x: (B·beams, T, d); memory: (B, S, d) — ``beams`` decoder rows attend to each memory row."""
         x = self.res_self(x, lambda h: self.self_attn(h, causal=True, cache=self_cache))
         if self.cross_attn is not None:
             x = self.res_cross(  # type: ignore[misc]
-                x, lambda h: self.cross_attn(h, memory, mask=memory_mask, cache=cross_cache, static_kv=True)
+                x, lambda h: self.cross_attn(h, memory, mask=memory_mask, cache=cross_cache, static_kv=True, beams=beams)
             )
         return self.res_ffn(x, self.ffn)
 

@@ -32,7 +32,9 @@ class DecoderState:
 
     ``self_caches[i]``: keys/values of layer i's self-attention for the positions decoded so far;
     ``cross_caches[i]``: keys/values of the encoder output for layer i (computed on the first step);
-    ``offset``: how many target positions have been decoded (the next position's index).
+    ``offset``: how many target positions have been decoded (the next position's index);
+    ``beams``: decoder rows per memory row — beam search decodes k hypotheses per sentence against one
+    copy of the sentence's memory (rows [i·k, (i+1)·k) of the decoder's batch belong to sentence i).
     """
 
     self_caches: list[KVCache]
@@ -40,12 +42,14 @@ class DecoderState:
     memory: Tensor | None = None  # (B, S, d)
     memory_mask: Tensor | None = None  # (B, 1, 1, S)
     offset: int = 0
+    beams: int = 1
 
     @classmethod
     def empty(cls, n_layers: int, memory: Tensor | None = None, memory_mask: Tensor | None = None,
-              cache: type[KVCache] = KVCache) -> DecoderState:
+              cache: type[KVCache] = KVCache, beams: int = 1) -> DecoderState:
         """No positions decoded yet; ``cache``: the class of the self-attention caches."""
-        return cls([cache() for _ in range(n_layers)], [KVCache() for _ in range(n_layers)], memory, memory_mask)
+        return cls([cache() for _ in range(n_layers)], [KVCache() for _ in range(n_layers)], memory, memory_mask,
+                   beams=beams)
 
     def select(self, index: Tensor) -> None:
         """Keep (and reorder) the batch rows ``index``: beam reordering, dropping finished sentences."""
@@ -109,7 +113,7 @@ class Decoder(nn.Module):
             self_cache = cross_cache = None
             if state is not None:
                 self_cache, cross_cache = state.self_caches[i], state.cross_caches[i]
-            x = layer(x, memory, memory_mask, self_cache, cross_cache)
+            x = layer(x, memory, memory_mask, self_cache, cross_cache, beams=1 if state is None else state.beams)
         if state is not None:
             state.offset += tokens.size(1)
         return self.norm(x)
@@ -161,10 +165,11 @@ class Transformer(nn.Module):
         memory, mask = self.encode(src)
         return self.decode(tgt_in, memory, mask)
 
-    def start(self, src: Tensor) -> DecoderState:
-        """Encode the source once and return the state incremental decoding continues from."""
+    def start(self, src: Tensor, beams: int = 1) -> DecoderState:
+        """Encode the source once and return the state incremental decoding continues from; ``beams``:
+        how many hypotheses per sentence each step will carry (B·beams decoder rows, B memory rows)."""
         memory, mask = self.encode(src)
-        return DecoderState.empty(len(self.decoder.layers), memory, mask, self.kv_cache)
+        return DecoderState.empty(len(self.decoder.layers), memory, mask, self.kv_cache, beams)
 
     def step(self, tokens: Tensor, state: DecoderState) -> Tensor:
         """tokens: (B, t) new target tokens → logits (B, t, V) for the next positions; updates ``state``."""
