@@ -33,7 +33,7 @@ Norm = Literal["post", "pre"]
 Positional = Literal["sinusoidal", "learned", "rope", "none"]
 PELayout = Literal["interleaved", "concat"]
 Activation = Literal["relu", "gelu"]
-Tie = Literal["three_way", "decoder_only", "none"]
+Tie = Literal["three_way", "two_way", "none"]
 
 # Special token ids, fixed across every vocabulary aiayn builds (SentencePiece is
 # trained with these ids, the character vocabulary reserves them too).
@@ -69,7 +69,7 @@ class ModelConfig:
     rope_base: float = 10000.0  # rope: wavelengths from 2π to 2π·base, like the paper's sinusoids
     pe_layout: PELayout = "interleaved"  # the paper's sin/cos interleaving, or t2t/fairseq [sin | cos]
     activation: Activation = "relu"
-    tie: Tie = "three_way"  # §3.4; decoder_only ties only target embedding and output layer
+    tie: Tie = "three_way"  # §3.4: source, target embeddings and output; two_way: target embedding and output
     bias: bool = True
     scale_embeddings: bool = True  # §3.4: embeddings × √d_model (nanoGPT does not scale)
     ln_eps: float = 1e-6  # not stated in the paper; tensor2tensor's value
@@ -77,6 +77,8 @@ class ModelConfig:
     n_classes: int = 0  # encoder-only: size of the sequence-classification head (0 = none)
 
     def __post_init__(self) -> None:
+        if self.tie == "decoder_only":  # type: ignore[comparison-overlap]  # its earlier name: older configs still say it
+            self.tie = "two_way"
         self.validate()
 
     @property
@@ -107,7 +109,7 @@ class ModelConfig:
             if self.tie == "three_way" and self.tgt_vocab_size != self.vocab_size:
                 raise ConfigError(
                     "tie=three_way shares one matrix between source and target: "
-                    "use one vocabulary (vocab_size) or tie=decoder_only/none"
+                    "use one vocabulary (vocab_size) or tie=two_way/none"
                 )
         for name in ("dropout", "attn_dropout", "act_dropout"):
             p = getattr(self, name)
@@ -139,7 +141,7 @@ def estimate_parameters(cfg: ModelConfig) -> int:
         dec = cfg.n_decoder_layers * (2 * attn + ffn + 3 * ln)
     elif cfg.arch == "decoder-only":
         dec = cfg.n_decoder_layers * (attn + ffn + 2 * ln)
-    matrices = {"three_way": 1, "decoder_only": 2, "none": 3}[cfg.tie]
+    matrices = {"three_way": 1, "two_way": 2, "none": 3}[cfg.tie]
     if cfg.arch != "encoder-decoder":
         matrices = min(matrices, 2)
     emb = matrices * max(cfg.vocab_size, cfg.target_vocab_size) * d

@@ -56,7 +56,8 @@ def evaluate_translation(model, vocab, test: str | Path, decode: DecodeConfig | 
 
 @torch.no_grad()
 def corpus_loss(model, data: ParallelData, max_tokens: int, device: torch.device | str = "cpu") -> dict[str, float]:
-    """Teacher-forced per-token NLL (no label smoothing) and perplexity over a whole split."""
+    """Teacher-forced per-token NLL (no label smoothing) and perplexity over a whole split:
+    ``{"val_loss": nats/token, "ppl": perplexity}``, the names every evaluation in aiayn reports."""
     model.eval()
     total, tokens = 0.0, 0
     for idx in token_batches(data.src_lens, data.tgt_lens, max_tokens, shuffle=False):
@@ -66,11 +67,11 @@ def corpus_loss(model, data: ParallelData, max_tokens: int, device: torch.device
                                                    reduction="sum").item()
         tokens += int((tgt_out != PAD_ID).sum())
     loss = total / max(tokens, 1)
-    return {"dev_loss": loss, "dev_ppl": math.exp(min(loss, 50.0))}
+    return {"val_loss": loss, "ppl": math.exp(min(loss, 50.0))}
 
 
-def dev_bleu(model, vocab, dev_jsonl: Path, n: int, device: torch.device | str = "cpu") -> float:
-    """Greedy BLEU on the first ``n`` dev sentences (a quick signal during training)."""
+def greedy_bleu(model, vocab, dev_jsonl: Path, n: int, device: torch.device | str = "cpu") -> float:
+    """Greedy BLEU on the first ``n`` validation sentences (a quick signal during training: ``val_bleu``)."""
     src, ref = [], []
     with open(dev_jsonl, encoding="utf-8") as f:
         for line in f:

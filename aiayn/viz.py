@@ -22,29 +22,36 @@ def _plt():
     return plt
 
 
+# Logs written before every evaluation used the same names (val_loss, ppl, val_bleu).
+_OLD_NAMES = {"dev_loss": "val_loss", "dev_ppl": "ppl", "dev_bleu": "val_bleu"}
+
+
+def _renamed(record: dict) -> dict:
+    return {_OLD_NAMES.get(k, k): v for k, v in record.items()}
+
+
 def read_log(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
     """(train records, eval records) of a run's log.jsonl."""
     path = Path(run_dir) / "log.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no log.jsonl (is it a run directory written by `aiayn train`?)")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [_renamed(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "eval"]
 
 
 def plot_curves(run_dir: str | Path, out: str | Path, title: str | None = None) -> Path:
-    """Training loss, validation loss, dev BLEU (if any) and learning rate, against steps and minutes."""
+    """Training loss, validation loss, validation BLEU (if any) and learning rate, against steps and minutes."""
     plt = _plt()
     train, evals = read_log(run_dir)
     if not train:
         raise ValueError(f"{run_dir}: the log has no training records yet")
-    bleu = [e for e in evals if "dev_bleu" in e]
+    bleu = [e for e in evals if "val_bleu" in e]
     n = 3 if bleu else 2
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.8))
     ax = axes[0]
     ax.plot([r["step"] for r in train], [r["nll"] for r in train], label="train NLL", lw=1)
-    vkey = "dev_loss" if evals and "dev_loss" in evals[0] else "val_loss"
-    if evals and vkey in evals[0]:
-        ax.plot([e["step"] for e in evals], [e[vkey] for e in evals], "o-", label="validation NLL", ms=3)
+    if evals and "val_loss" in evals[0]:
+        ax.plot([e["step"] for e in evals], [e["val_loss"] for e in evals], "o-", label="validation NLL", ms=3)
     ax.set_xlabel("step")
     ax.set_ylabel("nats / token")
     ax.legend()
@@ -52,9 +59,9 @@ def plot_curves(run_dir: str | Path, out: str | Path, title: str | None = None) 
     _minutes_axis(ax, train)
     if bleu:
         ax = axes[1]
-        ax.plot([e["time"] / 60 for e in bleu], [e["dev_bleu"] for e in bleu], "o-", color="C2", ms=3)
+        ax.plot([e["time"] / 60 for e in bleu], [e["val_bleu"] for e in bleu], "o-", color="C2", ms=3)
         ax.set_xlabel("training minutes")
-        ax.set_ylabel("dev BLEU (greedy)")
+        ax.set_ylabel("validation BLEU (greedy)")
         ax.grid(alpha=0.3)
     ax = axes[-1]
     ax.plot([r["step"] for r in train], [r["lr"] for r in train], color="C3")

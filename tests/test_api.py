@@ -27,6 +27,6 @@ def test_the_api_example_in_the_docs_runs(toy_corpus, tmp_path, monkeypatch):
     namespace: dict = {}
     with contextlib.redirect_stdout(out):
         exec(compile(code, "docs/api.md", "exec"), namespace)  # the project's own documentation
-    assert namespace["result"]["step"] == 6 and "dev_bleu" in namespace["result"]
+    assert namespace["result"]["step"] == 6 and "val_bleu" in namespace["result"]
     assert out.getvalue().startswith("['") and namespace["scores"]["n"] == 40
     assert (tmp_path / "runs" / "api" / "averaged" / "model.safetensors").is_file()

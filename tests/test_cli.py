@@ -43,7 +43,7 @@ def test_prepare_train_average_translate_evaluate(toy_corpus, tmp_path):
                    "  eval_bleu_sentences: 5\n")
     r = aiayn("train", str(cfg))
     last = json.loads(r.stdout.strip().splitlines()[-1])
-    assert last["step"] == 6 and "dev_loss" in last
+    assert last["step"] == 6 and "val_loss" in last
     # Not a terminal: no progress bar, one line per log_every steps (50 by default: step 1 only here).
     assert "step 1: loss" in r.stderr and "\r" not in r.stderr
     aiayn("average", "--run", str(run), "--last", "2", "--out", str(tmp_path / "avg"), "--half")

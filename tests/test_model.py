@@ -201,9 +201,10 @@ def test_separate_vocabularies_untied():
     cfg = tiny(tie="none", vocab_size=50, tgt_vocab_size=70)
     m = Transformer(cfg)
     assert m(torch.randint(4, 50, (2, 4)), torch.randint(4, 70, (2, 3))).shape == (2, 3, 70)
-    cfg = tiny(tie="decoder_only", vocab_size=50, tgt_vocab_size=70)
+    cfg = tiny(tie="two_way", vocab_size=50, tgt_vocab_size=70)
     m = Transformer(cfg)
     assert m.output.tied is m.decoder.input.embedding and m.encoder.input.embedding is not m.decoder.input.embedding
+    assert tiny(tie="decoder_only").tie == "two_way"  # the option's earlier name, in older configs
 
 
 def test_record_attention_weights():
@@ -292,7 +293,7 @@ def test_parameter_counts_against_table_3():
 # --- every option and family member trains ---------------------------------------------------
 OPTIONS = [
     {}, {"norm": "pre"}, {"positional": "learned"}, {"positional": "none"}, {"positional": "rope"}, {"pe_layout": "concat"},
-    {"activation": "gelu"}, {"tie": "decoder_only"}, {"tie": "none"}, {"bias": False},
+    {"activation": "gelu"}, {"tie": "two_way"}, {"tie": "none"}, {"bias": False},
     {"attn_dropout": 0.1, "act_dropout": 0.1}, {"ln_eps": 1e-5}, {"scale_embeddings": False},
 ]
 

@@ -239,5 +239,5 @@ def test_tiny_translation_model_learns(tmp_path):
                                            "lr_scale": 0.25, "max_tokens": 600, "max_steps": 250, "eval_every": 250,
                                            "eval_bleu_sentences": 40, "threads": 1}})
     result = train(run)
-    assert result["dev_loss"] < 1.0 and math.isfinite(result["dev_loss"])
-    assert result["dev_bleu"] > 30
+    assert result["val_loss"] < 1.0 and math.isfinite(result["val_loss"])
+    assert result["val_bleu"] > 30

@@ -171,11 +171,11 @@ class Trainer:
             return {"val_loss": res["val_loss"], "ppl": res["ppl"]}
         if self.feed.dev_data is None:
             return {}
-        from ..evaluate import corpus_loss, dev_bleu
+        from ..evaluate import corpus_loss, greedy_bleu
 
         out = corpus_loss(self.model, self.feed.dev_data, self.cfg.max_tokens, self.device)
         if self.cfg.eval_bleu_sentences > 0:
-            out["dev_bleu"] = dev_bleu(self.model, self.vocab, Path(self.cfg.data) / "dev.txt.jsonl",
+            out["val_bleu"] = greedy_bleu(self.model, self.vocab, Path(self.cfg.data) / "dev.txt.jsonl",
                                        self.cfg.eval_bleu_sentences, self.device)
         return out
 
@@ -305,9 +305,8 @@ class Trainer:
         if metrics:
             self._log({"kind": "eval", "step": self.step, "time": round(self.elapsed, 2), **metrics})
             log.info("step %d: %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-            key = "dev_loss" if "dev_loss" in metrics else "val_loss"
-            if key in metrics and metrics[key] < self.best_loss:
-                self.best_loss = metrics[key]
+            if "val_loss" in metrics and metrics["val_loss"] < self.best_loss:
+                self.best_loss = metrics["val_loss"]
                 save_model_dir(self.out / "best", self.model, self.run.model, self.vocab,
                                {"step": self.step, "metrics": metrics}, overwrite=True)
         return metrics
