@@ -77,8 +77,7 @@ class ModelConfig:
     n_classes: int = 0  # encoder-only: size of the sequence-classification head (0 = none)
 
     def __post_init__(self) -> None:
-        if self.tie == "decoder_only":  # type: ignore[comparison-overlap]  # its earlier name: older configs still say it
-            self.tie = "two_way"
+        self.tie = _OLD_VALUES.get(("tie", self.tie), self.tie)  # type: ignore[assignment]
         self.validate()
 
     @property
@@ -180,6 +179,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 T = TypeVar("T")
 
 
+# Values renamed since older configs were written: (field, old value) → the current value.
+_OLD_VALUES = {("tie", "decoder_only"): "two_way"}
+
+
 def _check_literals(obj: Any) -> None:
     hints = typing.get_type_hints(type(obj))
     for f in fields(obj):
@@ -203,6 +206,7 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
             return None
         return _coerce(name, inner[0], value)
     if origin is Literal:
+        value = _OLD_VALUES.get((name.rsplit(".", 1)[-1], value), value)
         if value not in args:
             raise ConfigError(f"{name}: {value!r} is not one of {' | '.join(map(str, args))}")
         return value
