@@ -39,11 +39,9 @@ def cmd_params(a: argparse.Namespace) -> None:
 # --- prepare -----------------------------------------------------------------------------------
 def cmd_prepare(a: argparse.Namespace) -> None:
     from .data.prepare import PrepareConfig, prepare
+    from .options import options_from
 
-    cfg = PrepareConfig(train=a.train, dev=a.dev, test=a.test, out=a.out, kind="lm" if a.lm else "parallel",
-                        vocab=a.vocab, vocab_size=a.vocab_size, spm_model=a.spm_model, max_len=a.max_len,
-                        valid_fraction=a.valid_fraction, overwrite=a.overwrite)
-    m = prepare(cfg)
+    m = prepare(options_from(PrepareConfig, a, kind="lm" if a.lm else "parallel"))
     if m.get("up_to_date"):
         print(f"{a.out}: up to date, nothing to do")
     for split, info in m["splits"].items():
@@ -93,10 +91,10 @@ def cmd_average(a: argparse.Namespace) -> None:
 
 # --- translate ---------------------------------------------------------------------------------
 def _decode_cfg(a: argparse.Namespace):
-    from .decode.translate import DecodeConfig
+    from .config import DecodeConfig
+    from .options import options_from
 
-    return DecodeConfig(beam=a.beam, alpha=a.alpha, max_len_a=a.max_len_a, max_len_b=a.max_len_b,
-                        nbest=getattr(a, "nbest", 1), max_tokens=a.max_tokens, compute_type=a.compute_type)
+    return options_from(DecodeConfig, a)
 
 
 def _load(path: str):
@@ -199,7 +197,9 @@ def cmd_generate(a: argparse.Namespace) -> None:
         prompt = Path(a.prompt_file).read_text(encoding="utf-8") if a.prompt_file else (a.prompt or "")
     except UnicodeDecodeError as e:
         _die(f"{a.prompt_file}: invalid UTF-8 ({e.reason} at byte {e.start})")
-    cfg = SampleConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)
+    from .options import options_from
+
+    cfg = options_from(SampleConfig, a)
     for i in range(a.num_samples):
         text = generate_text(model, vocab, prompt, cfg, stop=a.stop)
         sys.stdout.write(prompt + text + "\n")
@@ -244,10 +244,9 @@ def cmd_serve(a: argparse.Namespace) -> None:
         _die(f"serving needs FastAPI and uvicorn: pip install 'aiayn[serve]' ({e})")
     if a.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: reachable from other machines", a.host)
-    limits = Limits(max_texts=a.max_texts, max_chars=a.max_chars, max_tokens=a.max_tokens, max_beam=a.max_beam,
-                    max_request_work=a.max_request_work, max_batch_work=a.max_batch_work, max_queue_work=a.max_queue_work,
-                    timeout_s=a.timeout, max_body_bytes=a.max_body_bytes, batch_wait_ms=a.batch_wait_ms)
-    serve(a.model, a.host, a.port, a.threads, limits)
+    from .options import options_from
+
+    serve(a.model, a.host, a.port, a.threads, options_from(Limits, a))
 
 
 # --- export ------------------------------------------------------------------------------------
@@ -274,7 +273,8 @@ def cmd_export(a: argparse.Namespace) -> None:
             from .export.onnx import to_onnx
         except ImportError as e:
             _die(f"exporting to ONNX needs the onnx package: pip install 'aiayn[export]' ({e})")
-        out = to_onnx(model, vocab, a.out, beam=a.beam, nbest=a.nbest, alpha=a.alpha, extra=a.max_len_b, overwrite=a.overwrite)
+        out = to_onnx(model, vocab, a.out, beam=a.beam, nbest=a.nbest, alpha=a.alpha, extra=a.max_len_b,
+                      overwrite=a.overwrite)
     print(out)
 
 
@@ -286,19 +286,12 @@ def cmd_demo(a: argparse.Namespace) -> None:
     run_demo(a.model, a.n)
 
 
-def _decode_args(p: argparse.ArgumentParser) -> None:
+def _decode_args(p: argparse.ArgumentParser, nbest: bool = False) -> None:
     from .config import DecodeConfig
+    from .options import add_options
 
-    d = DecodeConfig()
-    p.add_argument("--beam", type=int, default=d.beam, help=f"beam size; 1 = greedy (default {d.beam}, §6.1)")
-    p.add_argument("--alpha", type=float, default=d.alpha, help=f"GNMT length penalty α (default {d.alpha})")
-    p.add_argument("--max-len-a", type=float, default=d.max_len_a,
-                   help=f"max output length = a·source + b (a, default {d.max_len_a:g})")
-    p.add_argument("--max-len-b", type=int, default=d.max_len_b,
-                   help=f"max output length = a·source + b (b, default {d.max_len_b})")
-    p.add_argument("--compute-type", choices=["float32", "bfloat16", "int8"], default=d.compute_type,
-                   help="decode with float32 weights, a bf16 copy, or int8 linear layers (CPU)")
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="source tokens per decoding batch")
+    names = ["beam", "alpha", "max_len_a", "max_len_b", "max_tokens", "compute_type"] + (["nbest"] if nbest else [])
+    add_options(p.add_argument_group("search (§6.1)"), DecodeConfig, names)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = PyTorch's default)")
 
 
@@ -306,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line; every default comes from the library's configuration classes (aiayn.config)."""
     from . import __version__
     from .config import DecodeConfig, Limits, PrepareConfig, SampleConfig
+    from .options import add_options
 
     ap = argparse.ArgumentParser(prog="aiayn",
                                  description="The Transformer of 'Attention Is All You Need': train, translate, evaluate.")
@@ -325,20 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("prepare", help="validate a corpus, build the vocabulary, encode it for training")
-    p.add_argument("--train", required=True, help="TSV, JSONL, or SRC_FILE,TGT_FILE (a text file with --lm)")
-    p.add_argument("--dev")
-    p.add_argument("--test")
-    p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--lm", action="store_true", help="monolingual text for a language model")
-    d = PrepareConfig(train="", out="")
-    p.add_argument("--vocab", choices=["bpe", "unigram", "char"], default=d.vocab)
-    p.add_argument("--vocab-size", type=int, default=d.vocab_size)
-    p.add_argument("--spm-model", help="reuse this SentencePiece model")
-    p.add_argument("--max-len", type=int, default=d.max_len, help="drop pairs with more tokens on a side (counted)")
-    p.add_argument("--valid-fraction", type=float, default=d.valid_fraction,
-                   help="--lm without --dev: the last fraction is validation")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace OUT if it is a data directory aiayn wrote (never anything else)")
+    add_options(p, PrepareConfig)
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train (or resume) a model from a YAML config")
@@ -361,12 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--input", "-i")
     p.add_argument("--output", "-o")
-    p.add_argument("--nbest", type=int, default=DecodeConfig().nbest, help="write the n best as 'line<TAB>score<TAB>text'")
     p.add_argument("--chunk", type=int, default=256, help="lines read before translating (streaming)")
     p.add_argument("--skip-invalid", action="store_true",
                    help="an input line that cannot be translated (invalid UTF-8, NUL, too long) becomes an empty "
                         "output line and a warning, instead of an error")
-    _decode_args(p)
+    _decode_args(p, nbest=True)  # --nbest N > 1 writes 'line<TAB>score<TAB>text'
     p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("evaluate", help="BLEU/chrF of a translation model, or loss/perplexity of a language model")
@@ -384,12 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--prompt", help="the text to continue")
     p.add_argument("--prompt-file", help="read the prompt from this file")
-    d = SampleConfig()
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    p.add_argument("--temperature", type=float, default=d.temperature, help=f"0 = greedy (default {d.temperature})")
-    p.add_argument("--top-k", type=int, default=d.top_k, help="sample among the k most probable tokens (0 = all)")
-    p.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--seed", type=int, default=d.seed, help="the same seed gives the same text")
+    add_options(p, SampleConfig)
     p.add_argument("--stop", action="append", help="cut the text before this string (repeatable)")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--threads", type=int, default=0)
@@ -418,20 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="default: this machine only")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--threads", type=int, default=0)
-    d = Limits()
-    p.add_argument("--max-texts", type=int, default=d.max_texts, help="texts per request (more: 413)")
-    p.add_argument("--max-chars", type=int, default=d.max_chars, help="characters per text (more: 413)")
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="source tokens per text (more: 413)")
-    p.add_argument("--max-beam", type=int, default=d.max_beam, help="largest beam a request may ask for (more: 422)")
-    p.add_argument("--max-request-work", type=int, default=d.max_request_work,
-                   help="work per request: sum over its texts of (source tokens + 1) x beam (more: 413)")
-    p.add_argument("--max-batch-work", type=int, default=d.max_batch_work,
-                   help="work per decoding batch: larger requests are decoded in slices, small ones go first")
-    p.add_argument("--max-queue-work", type=int, default=d.max_queue_work,
-                   help="work waiting in the queue (more: 503 + Retry-After)")
-    p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds a request may wait for its answer (then 504)")
-    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="request body size (more: 413)")
-    p.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms, help="how long requests wait to be batched together")
+    add_options(p.add_argument_group("limits"), Limits)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export",
@@ -442,11 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantization", choices=["int8", "int8_float32", "float16", "bfloat16"], help="CTranslate2 weight type")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is an export aiayn wrote (never anything else)")
     g = p.add_argument_group("ONNX beam search (baked into beam_search.onnx)")
-    d = DecodeConfig()
-    g.add_argument("--beam", type=int, default=d.beam)
-    g.add_argument("--nbest", type=int, default=d.nbest)
-    g.add_argument("--alpha", type=float, default=d.alpha, help="GNMT length penalty")
-    g.add_argument("--max-len-b", type=int, default=d.max_len_b, help="max output length = source length + this")
+    add_options(g, DecodeConfig, ["beam", "nbest", "alpha", "max_len_b"])
     p.set_defaults(func=cmd_export)
     return ap
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -292,22 +292,32 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- data preparation, decoding, sampling, serving ----------------------------------------------
+def option(default: Any, help: str, flag: str | None = None) -> Any:
+    """A field that is also a command-line option: its default, help text (and ``--flag`` when not the
+    field's name) live here, once; :func:`aiayn.options.add_options` builds the argparse options from
+    them. ``default=REQUIRED``: the field has no default (a required option)."""
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
+REQUIRED: Any = dataclasses.MISSING
+
+
 @dataclass
 class PrepareConfig:
     """What `aiayn prepare` reads, and how it builds the vocabulary and encodes."""
 
-    train: str
-    out: str
-    dev: str | None = None
-    test: str | None = None
+    train: str = option(REQUIRED, "TSV, JSONL, or SRC_FILE,TGT_FILE (a text file with --lm)")
+    out: str = option(REQUIRED, "output directory")
+    dev: str | None = option(None, "development set, same formats as --train")
+    test: str | None = option(None, "test set, same formats as --train")
     kind: Literal["parallel", "lm"] = "parallel"
-    vocab: Literal["bpe", "unigram", "char"] = "bpe"
-    vocab_size: int = 8000
-    spm_model: str | None = None  # reuse this SentencePiece model instead of training one
-    max_len: int = 256  # pairs with more tokens on a side are dropped (and counted)
-    valid_fraction: float = 0.1  # lm with no --dev: the last fraction of the text is validation (nanoGPT)
+    vocab: Literal["bpe", "unigram", "char"] = option("bpe", "SentencePiece BPE, unigram, or characters")
+    vocab_size: int = option(8000, "vocabulary entries (shared by both languages)")
+    spm_model: str | None = option(None, "reuse this SentencePiece model instead of training one")
+    max_len: int = option(256, "drop pairs with more tokens on a side (counted)")
+    valid_fraction: float = option(0.1, "--lm without --dev: the last fraction of the text is validation (nanoGPT)")
     seed: int = 1234
-    overwrite: bool = False  # replace an existing prepared directory (only one aiayn wrote)
+    overwrite: bool = option(False, "replace OUT if it is a data directory aiayn wrote (never anything else)")
 
     def __post_init__(self) -> None:
         _check_literals(self)
@@ -323,16 +333,18 @@ class PrepareConfig:
 class DecodeConfig:
     """Search settings; defaults are the paper's (§6.1)."""
 
-    beam: int = 4  # 1 = greedy
-    alpha: float = 0.6  # GNMT length penalty
-    max_len_a: float = 1.0  # max output length = a · source length + b
-    max_len_b: int = 50
-    nbest: int = 1
-    max_tokens: int = 4096  # source tokens per batch (padding included)
+    beam: int = option(4, "beam size; 1 = greedy (§6.1)")
+    alpha: float = option(0.6, "GNMT length penalty α (§6.1)")
+    max_len_a: float = option(1.0, "max output length = a·source length + b: a")
+    max_len_b: int = option(50, "max output length = a·source length + b: b (§6.1: input + 50)")
+    nbest: int = option(1, "the n best translations of each input")
+    max_tokens: int = option(4096, "source tokens per decoding batch (padding included)")
     max_input_tokens: int = 1024  # longer inputs are an error
-    compute_type: str = "float32"  # or "bfloat16", "int8" (CPU): see aiayn.model.quantize
+    compute_type: Literal["float32", "bfloat16", "int8"] = option(
+        "float32", "float32 weights, a bfloat16 copy, or int8 linear layers (CPU; aiayn.accel.quantize)")
 
     def __post_init__(self) -> None:
+        _check_literals(self)
         for name in ("beam", "nbest", "max_tokens", "max_input_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -345,11 +357,11 @@ class DecodeConfig:
 class SampleConfig:
     """Sampling from a language model; the defaults are nanoGPT's sample.py's."""
 
-    max_new_tokens: int = 300
-    temperature: float = 0.8  # 0 = greedy; nanoGPT's sample.py uses 0.8 too
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    seed: int | None = None
+    max_new_tokens: int = option(300, "tokens to generate")
+    temperature: float = option(0.8, "divides the logits; 0 = greedy")
+    top_k: int = option(0, "sample among the k most probable tokens (0 = all)")
+    top_p: float = option(1.0, "nucleus sampling: the smallest set of tokens with this much mass (1 = off)")
+    seed: int | None = option(None, "the same seed gives the same text")
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -368,18 +380,18 @@ class SampleConfig:
 class Limits:
     """What one request, one batch and the whole queue may ask of the server."""
 
-    max_texts: int = 64  # texts per request (more: 413)
-    max_chars: int = 2000  # characters per text (more: 413)
-    max_tokens: int = 1024  # source tokens per text (more: 413)
-    max_beam: int = 16  # (more: 422)
-    max_request_work: int = 65536  # Σ (source tokens + 1) × beam over a request's texts (more: 413)
-    max_batch_work: int = 4096  # work decoded in one batch: large requests are split, small ones interleave
+    max_texts: int = option(64, "texts per request (more: 413)")
+    max_chars: int = option(2000, "characters per text (more: 413)")
+    max_tokens: int = option(1024, "source tokens per text (more: 413)")
+    max_beam: int = option(16, "largest beam a request may ask for (more: 422)")
+    max_request_work: int = option(65536, "work per request: the sum over its texts of (source tokens + 1) × beam (more: 413)")
+    max_batch_work: int = option(4096, "work per decoding batch: larger requests are decoded in slices, small ones go first")
     max_batch_texts: int = 64
-    max_queue_work: int = 262144  # work waiting to be decoded; beyond it: 503 + Retry-After
-    timeout_s: float = 120.0  # a request not answered by then: 504 (its remaining texts are not decoded)
-    max_body_bytes: int = 1 << 20  # request body (more: 413, before it is read whole)
-    max_new_tokens: int = 1000  # /generate
-    batch_wait_ms: float = 10.0  # how long the batcher waits for more requests
+    max_queue_work: int = option(262144, "work waiting in the queue (more: 503 + Retry-After)")
+    timeout_s: float = option(120.0, "seconds a request may wait for its answer (then 504)", flag="--timeout")
+    max_body_bytes: int = option(1 << 20, "request body size (more: 413, before it is read whole)")
+    max_new_tokens: int = option(1000, "/generate: the most tokens a request may ask for")
+    batch_wait_ms: float = option(10.0, "how long requests wait to be batched together")
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():

@@ -84,3 +84,25 @@ def test_shipped_model_scores_on_the_test_split():
     r = aiayn("evaluate", "--model", str(ROOT / "models" / "bible-es-en"), "--test",
               str(ROOT / "data" / "bible-es-en" / "test.tsv"))
     assert json.loads(r.stdout.strip().splitlines()[-1])["bleu"] > 30
+
+
+def test_options_come_from_the_configuration_fields():
+    # Each option's default is the field's own: parsing no options gives the class's defaults, and
+    # every option the CLI builds from a class carries the field's help text.
+    from aiayn.cli import build_parser
+    from aiayn.config import DecodeConfig, Limits, PrepareConfig, SampleConfig
+    from aiayn.options import options_from
+
+    ap = build_parser()
+    a = ap.parse_args(["translate", "--model", "m"])
+    assert options_from(DecodeConfig, a) == DecodeConfig()
+    a = ap.parse_args(["translate", "--model", "m", "--beam", "6", "--compute-type", "int8", "--nbest", "2"])
+    assert options_from(DecodeConfig, a) == DecodeConfig(beam=6, compute_type="int8", nbest=2)
+    assert options_from(SampleConfig, ap.parse_args(["generate", "--model", "m"])) == SampleConfig()
+    assert options_from(Limits, ap.parse_args(["serve", "--model", "m", "--timeout", "3"])) == Limits(timeout_s=3.0)
+    a = ap.parse_args(["prepare", "--train", "t.tsv", "--out", "o"])
+    assert options_from(PrepareConfig, a) == PrepareConfig(train="t.tsv", out="o")
+    with pytest.raises(SystemExit):
+        ap.parse_args(["prepare", "--out", "o"])  # --train is required: the field has no default
+    helps = {x.dest: x.help for x in ap._subparsers._group_actions[0].choices["generate"]._actions}
+    assert helps["temperature"].startswith("divides the logits") and "(default 0.8)" in helps["temperature"]
