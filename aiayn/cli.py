@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from .config import LANGUAGE_MODELS
+
 log = logging.getLogger("aiayn")
 
 
@@ -162,7 +164,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         _die(f"--output {a.output}: is a directory; give a file name for the translations")
     _threads(a.threads)
     model, vocab, config = _load(a.model)
-    if _arch(config) == "decoder-only":
+    if _arch(config) in LANGUAGE_MODELS:
         from .evaluate import evaluate_lm_text
 
         res = evaluate_lm_text(model, vocab, a.test, a.tail_fraction, a.block_size)
@@ -187,7 +189,7 @@ def cmd_generate(a: argparse.Namespace) -> None:
 
     _threads(a.threads)
     model, vocab, config = _load(a.model)
-    if _arch(config) != "decoder-only":
+    if _arch(config) not in LANGUAGE_MODELS:
         _die(f"{a.model} is not a language model (arch {_arch(config)}); use `aiayn translate`")
     if a.prompt is not None and a.prompt_file:
         _die("give --prompt or --prompt-file, not both")

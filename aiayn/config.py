@@ -28,7 +28,9 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-Arch = Literal["encoder-decoder", "decoder-only", "encoder-only"]
+Arch = Literal["encoder-decoder", "decoder-only", "encoder-only", "ngram"]
+# Architectures that model one token stream (trained on `aiayn prepare --lm` data, sampled by `aiayn generate`).
+LANGUAGE_MODELS = ("decoder-only", "ngram")
 Norm = Literal["post", "pre"]
 Positional = Literal["sinusoidal", "learned", "rope", "none"]
 PELayout = Literal["interleaved", "concat"]
@@ -75,6 +77,9 @@ class ModelConfig:
     ln_eps: float = 1e-6  # not stated in the paper; tensor2tensor's value
     max_positions: int = 1024  # rows of a learned position table; block size of an LM
     n_classes: int = 0  # encoder-only: size of the sequence-classification head (0 = none)
+    # arch ngram (aiayn.model.ngram): interpolated Kneser-Ney; the other fields above do not apply
+    order: int = 3  # n: the next token is predicted from the last n − 1
+    discounts: list[float] = field(default_factory=list)  # D_1 … D_n; empty: n₁ / (n₁ + 2 n₂) per order
 
     def __post_init__(self) -> None:
         self.tie = _OLD_VALUES.get(("tie", self.tie), self.tie)  # type: ignore[assignment]
@@ -122,6 +127,11 @@ class ModelConfig:
             raise ConfigError("an encoder-only model needs n_encoder_layers >= 1")
         if self.max_positions < 1:
             raise ConfigError("max_positions must be >= 1")
+        if self.arch == "ngram":
+            if self.order < 1:
+                raise ConfigError(f"order must be at least 1 (1 = unigram, 2 = bigram …), got {self.order}")
+            if self.discounts and (len(self.discounts) != self.order or not all(0 <= d < 1 for d in self.discounts)):
+                raise ConfigError(f"discounts: one per order ({self.order}), each in [0, 1), got {self.discounts}")
 
 
 def estimate_parameters(cfg: ModelConfig) -> int:
@@ -131,6 +141,8 @@ def estimate_parameters(cfg: ModelConfig) -> int:
     Per layer: self-attention 4·(d² + d), encoder-decoder attention the same, FFN 2·d·d_ff + d_ff + d,
     LayerNorms 2·d each; embeddings V·d, counted once per matrix that tying leaves separate (§3.4).
     """
+    if cfg.arch == "ngram":
+        return 0  # counts, not parameters
     d, ff = cfg.d_model, cfg.d_ff
     attn, ffn, ln = 4 * (d * d + d), 2 * d * ff + ff + d, 2 * d
     enc = dec = 0
@@ -168,6 +180,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         arch="decoder-only", d_model=128, d_ff=512, n_heads=4, n_encoder_layers=0, n_decoder_layers=4,
         dropout=0.0, max_positions=64, vocab_size=65 + 4,
     ),
+    # Count-based: interpolated Kneser-Ney over the last 4 tokens (aiayn.model.ngram).
+    "kn5": dict(arch="ngram", order=5, vocab_size=65 + 4),
     # Encoder-only (bidirectional), BERT-like shape at CPU size.
     "encoder-small": dict(
         arch="encoder-only", d_model=256, d_ff=1024, n_heads=4, n_encoder_layers=4, n_decoder_layers=0,
@@ -506,7 +520,7 @@ def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | 
 
 
 __all__ = [
-    "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "ConfigError", "ModelConfig", "PRESETS",
+    "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "ConfigError", "ModelConfig", "PRESETS", "LANGUAGE_MODELS",
     "from_dict", "to_dict", "preset", "parse_overrides", "merge", "estimate_parameters", "PrepareConfig",
     "DecodeConfig", "SampleConfig", "Limits", "TrainConfig", "RunConfig", "load_run_config",
 ]

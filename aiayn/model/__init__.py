@@ -17,9 +17,10 @@ from .attention import ATTENTION_RECORDER, AttentionRecord, KVCache, MultiHeadAt
 from .encoder_only import EncoderModel
 from .layers import sinusoidal_table
 from .lm import LanguageModel
+from .ngram import NGramLM
 from .transformer import DecoderState, Transformer, padding_mask
 
-Model = Transformer | LanguageModel | EncoderModel
+Model = Transformer | LanguageModel | EncoderModel | NGramLM
 
 
 def build_model(cfg: ModelConfig) -> Model:
@@ -30,6 +31,8 @@ def build_model(cfg: ModelConfig) -> Model:
         return Transformer(cfg)
     if cfg.arch == "decoder-only":
         return LanguageModel(cfg)
+    if cfg.arch == "ngram":
+        return NGramLM(cfg)
     return EncoderModel(cfg)
 
 
@@ -119,6 +122,6 @@ def set_attention_impl(model: nn.Module, impl: str) -> None:
 
 __all__ = [
     "Model", "build_model", "count_parameters", "parameter_breakdown", "recording_attention",
-    "set_attention_impl", "Transformer", "LanguageModel", "EncoderModel", "DecoderState", "KVCache",
+    "set_attention_impl", "Transformer", "LanguageModel", "NGramLM", "EncoderModel", "DecoderState", "KVCache",
     "MultiHeadAttention", "attention", "padding_mask", "sinusoidal_table",
 ]

@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
-from ..config import Limits
+from ..config import LANGUAGE_MODELS, Limits
 from ..decode.sampling import SampleConfig
 from ..decode.translate import DecodeConfig, unusable_character
 
@@ -289,7 +289,7 @@ class Service:
     async def generate(self, req: GenerateRequest) -> dict[str, Any]:
         from ..decode.sampling import generate_text
 
-        if self.arch != "decoder-only":
+        if self.arch not in LANGUAGE_MODELS:
             raise RequestError(400, f"this model is a {self.arch} model: use /translate")
         if len(req.prompt) > self.limits.max_chars:
             raise RequestError(413, f"the prompt has {len(req.prompt)} characters; the limit is {self.limits.max_chars}")

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..accel import accelerate
 from ..atomic import write_json_atomic
-from ..config import ConfigError, RunConfig, TrainConfig, load_run_config
+from ..config import LANGUAGE_MODELS, ConfigError, RunConfig, TrainConfig, load_run_config
 from ..data.prepare import load_manifest
 from ..data.vocab import load_vocab
 from ..model import build_model, count_parameters
@@ -66,8 +66,8 @@ class Trainer:
         m = run.model
         if self.kind == "parallel" and m.arch != "encoder-decoder":
             raise ConfigError(f"parallel data needs an encoder-decoder model, not {m.arch}")
-        if self.kind == "lm" and m.arch != "decoder-only":
-            raise ConfigError(f"language-model data needs a decoder-only model, not {m.arch}")
+        if self.kind == "lm" and m.arch not in LANGUAGE_MODELS:
+            raise ConfigError(f"language-model data needs a language model ({', '.join(LANGUAGE_MODELS)}), not {m.arch}")
         if m.vocab_size != len(self.vocab):
             m.vocab_size = len(self.vocab)  # the model's vocabulary is the data's
             m.validate()
@@ -317,7 +317,12 @@ class TrainingDiverged(RuntimeError):
 
 
 def train(run: RunConfig) -> dict[str, Any]:
-    """Train (or resume) the run described by ``run``; returns the final metrics."""
+    """Train (or resume) the run described by ``run``; returns the final metrics. A count-based model
+    (``arch: ngram``) is counted instead (:mod:`aiayn.train.count`)."""
+    if run.model.arch == "ngram":
+        from .count import count_run
+
+        return count_run(run)
     trainer = Trainer(run)
     try:
         return trainer.fit()
