@@ -238,6 +238,35 @@ def cmd_viz(a: argparse.Namespace) -> None:
     print(path)
 
 
+# --- word2vec ----------------------------------------------------------------------------------
+def cmd_word2vec(a: argparse.Namespace) -> None:
+    from . import word2vec
+
+    if a.what == "train":
+        from .config import Word2VecConfig
+        from .options import options_from
+
+        _threads(a.threads)
+        cfg = options_from(Word2VecConfig, a)
+        vectors, stats = word2vec.train_word2vec(cfg)
+        out = word2vec.save(cfg.out, vectors, cfg, stats)
+        print(f"{stats['words']:,} words, {stats['vocabulary']:,} in the vocabulary, {stats['words_per_second']:,} words/s "
+              f"→ {out}/vectors.txt")
+        print(json.dumps(stats))
+        return
+    vectors = word2vec.load(a.vectors)
+    if a.what == "nearest":
+        positive, negative = word2vec.parse_query(a.query)
+        for word, sim in vectors.most_similar(positive, negative, topn=a.k):
+            print(f"{word}\t{sim:.4f}")
+    else:
+        scores = vectors.evaluate()
+        print(f"WordSim-353 Spearman {scores['wordsim353']:.4f} ({scores['wordsim353_pairs']} pairs covered), "
+              f"SimLex-999 Spearman {scores['simlex999']:.4f} ({scores['simlex999_pairs']} pairs), "
+              f"analogies {scores['analogy_accuracy']:.2%} of {scores['analogy_questions']:,} covered questions")
+        print(json.dumps(scores))
+
+
 # --- serve -------------------------------------------------------------------------------------
 def cmd_serve(a: argparse.Namespace) -> None:
     try:
@@ -300,7 +329,7 @@ def _decode_args(p: argparse.ArgumentParser, nbest: bool = False) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The command line; every default comes from the library's configuration classes (aiayn.config)."""
     from . import __version__
-    from .config import DecodeConfig, Limits, PrepareConfig, SampleConfig
+    from .config import DecodeConfig, Limits, PrepareConfig, SampleConfig, Word2VecConfig
     from .options import add_options
 
     ap = argparse.ArgumentParser(prog="aiayn",
@@ -372,6 +401,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("word2vec", help="word vectors (CBOW, skip-gram): train, nearest words and analogies, evaluate")
+    ws = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    q = ws.add_parser("train", help="learn vectors from plain text; writes OUT/vectors.txt (word2vec text format)")
+    add_options(q, Word2VecConfig)
+    q.add_argument("--threads", type=int, default=0, help="CPU threads (0 = PyTorch's default)")
+    q = ws.add_parser("nearest", help="the words nearest to a word or to an expression: 'king - man + woman'")
+    q.add_argument("--vectors", required=True, help="a directory word2vec train wrote, or a word2vec text file")
+    q.add_argument("query", help="a word, or words joined by + and -")
+    q.add_argument("-k", type=int, default=10, help="how many words (default 10)")
+    q = ws.add_parser("evaluate", help="WordSim-353, SimLex-999 and the analogy questions (sets from the gensim package)")
+    q.add_argument("--vectors", required=True)
+    p.set_defaults(func=cmd_word2vec)
 
     p = sub.add_parser("viz", help="pictures: training curves, positional encoding, attention (PNG)")
     vs = p.add_subparsers(dest="what", metavar="WHAT", required=True)

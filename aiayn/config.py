@@ -413,6 +413,44 @@ class Limits:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
+@dataclass
+class Word2VecConfig:
+    """word2vec (Mikolov et al. 2013a, b): what `aiayn word2vec train` learns, with the defaults of the
+    original C tool and gensim (dimension 100, window 5, 5 negatives, sample 1e-3, 5 epochs)."""
+
+    input: list[str] = option(REQUIRED, "plain-text files (one sentence or line per line), comma-separated")
+    out: str = option(REQUIRED, "output directory: vectors.txt (word2vec text format) and word2vec.json")
+    model: Literal["cbow", "skipgram"] = option("cbow", "CBOW predicts a word from the mean of its context; "
+                                                        "skip-gram predicts each context word from the word")
+    dim: int = option(100, "vector size")
+    window: int = option(5, "largest distance between a word and its context (each word draws 1 … window)")
+    negative: int = option(5, "noise words per prediction (negative sampling, unigram^0.75)")
+    min_count: int = option(5, "words seen fewer times are dropped")
+    sample: float = option(1e-3, "frequent-word subsampling threshold (0 = off)")
+    epochs: int = option(5, "passes over the corpus")
+    alpha: float = option(0.025, "initial learning rate, decaying linearly to min_alpha")
+    min_alpha: float = option(0.0001, "final learning rate")
+    batch: int = option(2048, "predictions per update, about (larger: faster but staler, and unstable when too "
+                               "large; the C tool and gensim update after every prediction)")
+    lowercase: bool = True
+    seed: int = option(1, "random seed")
+    overwrite: bool = option(False, "replace OUT if it is a word2vec directory aiayn wrote")
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        if isinstance(self.input, str):
+            self.input = [p for p in self.input.split(",") if p]
+        for name in ("dim", "window", "min_count", "epochs", "batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.negative < 1:
+            raise ConfigError(f"--negative must be at least 1 (negative sampling), got {self.negative}")
+        if not 0 <= self.sample < 1:
+            raise ConfigError(f"--sample must be in [0, 1), got {self.sample}")
+        if not 0 < self.min_alpha <= self.alpha:
+            raise ConfigError(f"need 0 < --min-alpha <= --alpha, got {self.min_alpha} and {self.alpha}")
+
+
 # --- training ----------------------------------------------------------------------------------
 @dataclass
 class TrainConfig:
@@ -522,5 +560,6 @@ def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | 
 __all__ = [
     "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "ConfigError", "ModelConfig", "PRESETS", "LANGUAGE_MODELS",
     "from_dict", "to_dict", "preset", "parse_overrides", "merge", "estimate_parameters", "PrepareConfig",
-    "DecodeConfig", "SampleConfig", "Limits", "TrainConfig", "RunConfig", "load_run_config",
+    "DecodeConfig", "SampleConfig", "Limits", "Word2VecConfig", "option", "REQUIRED", "TrainConfig", "RunConfig",
+    "load_run_config",
 ]
