@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import LANGUAGE_MODELS
+from .config import LANGUAGE_MODELS, TRANSLATION_MODELS
 
 log = logging.getLogger("aiayn")
 
@@ -117,7 +117,7 @@ def cmd_translate(a: argparse.Namespace) -> None:
 
     _threads(a.threads)
     model, vocab, config = _load(a.model)
-    if _arch(config) != "encoder-decoder":
+    if _arch(config) not in TRANSLATION_MODELS:
         _die(f"{a.model} is a {_arch(config)} model; use `aiayn generate` for language models")
     if a.chunk < 1:
         _die(f"--chunk {a.chunk}: must be at least 1")

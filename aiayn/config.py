@@ -28,9 +28,12 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-Arch = Literal["encoder-decoder", "decoder-only", "encoder-only", "ngram"]
+Arch = Literal["encoder-decoder", "decoder-only", "encoder-only", "ngram", "mlp-lm", "rnn-lm", "rnn-seq2seq", "rnnsearch"]
 # Architectures that model one token stream (trained on `aiayn prepare --lm` data, sampled by `aiayn generate`).
-LANGUAGE_MODELS = ("decoder-only", "ngram")
+LANGUAGE_MODELS = ("decoder-only", "ngram", "mlp-lm", "rnn-lm")
+# Architectures that translate (trained on parallel data, decoded by greedy and beam search).
+TRANSLATION_MODELS = ("encoder-decoder", "rnn-seq2seq", "rnnsearch")
+Cell = Literal["lstm", "gru", "rnn"]
 Norm = Literal["post", "pre"]
 Positional = Literal["sinusoidal", "learned", "rope", "none"]
 PELayout = Literal["interleaved", "concat"]
@@ -77,9 +80,13 @@ class ModelConfig:
     ln_eps: float = 1e-6  # not stated in the paper; tensor2tensor's value
     max_positions: int = 1024  # rows of a learned position table; block size of an LM
     n_classes: int = 0  # encoder-only: size of the sequence-classification head (0 = none)
-    # arch ngram (aiayn.model.ngram): interpolated Kneser-Ney; the other fields above do not apply
-    order: int = 3  # n: the next token is predicted from the last n − 1
-    discounts: list[float] = field(default_factory=list)  # D_1 … D_n; empty: n₁ / (n₁ + 2 n₂) per order
+    # The lineage (docs/lineage.md). ngram: interpolated Kneser-Ney; mlp-lm: Bengio et al. 2003 (embeddings of
+    # size d_model, d_ff hidden units); rnn-lm: n_decoder_layers recurrent layers of size d_model
+    order: int = 3  # ngram, mlp-lm: the next token is predicted from the last order − 1
+    discounts: list[float] = field(default_factory=list)  # ngram: D_1 … D_n; empty: n₁ / (n₁ + 2 n₂) per order
+    cell: Cell = "lstm"  # rnn-lm, rnn-seq2seq: lstm | gru | rnn (Elman)
+    hidden_size: int = 0  # rnn-seq2seq, rnnsearch: units per recurrent layer (0 = d_model, the embedding size)
+    reverse_source: bool = False  # rnn-seq2seq: read the source backwards (Sutskever et al. 2014, §3.3)
 
     def __post_init__(self) -> None:
         self.tie = _OLD_VALUES.get(("tie", self.tie), self.tie)  # type: ignore[assignment]
@@ -97,11 +104,12 @@ class ModelConfig:
         _check_literals(self)
         if self.d_model <= 0 or self.n_heads <= 0 or self.d_ff <= 0:
             raise ConfigError("d_model, n_heads and d_ff must be positive")
-        if self.d_model % self.n_heads:
+        attends = self.arch in ("encoder-decoder", "decoder-only", "encoder-only")  # heads and positions apply
+        if attends and self.d_model % self.n_heads:
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        if self.positional == "sinusoidal" and self.d_model % 2:
+        if attends and self.positional == "sinusoidal" and self.d_model % 2:
             raise ConfigError(f"sinusoidal positions need an even d_model, got {self.d_model}")
-        if self.positional == "rope" and self.d_k % 2:
+        if attends and self.positional == "rope" and self.d_k % 2:
             raise ConfigError(f"rope positions need an even head size d_model/n_heads, got {self.d_k}")
         if self.rope_base <= 1.0:
             raise ConfigError(f"rope_base must be > 1, got {self.rope_base}")
@@ -127,6 +135,20 @@ class ModelConfig:
             raise ConfigError("an encoder-only model needs n_encoder_layers >= 1")
         if self.max_positions < 1:
             raise ConfigError("max_positions must be >= 1")
+        hidden = self.hidden_size or self.d_model
+        if self.arch == "rnn-seq2seq" and self.tie != "none" and hidden != self.d_model:
+            raise ConfigError(f"rnn-seq2seq: tie={self.tie} shares the output layer with the embedding, so hidden_size "
+                              f"({hidden}) must equal d_model ({self.d_model}); or tie=none")
+        if self.arch == "rnnsearch":
+            if hidden % 2:
+                raise ConfigError(f"rnnsearch: hidden_size must be even (its maxout output halves it), got {hidden}")
+            if self.tie != "none" and hidden // 2 != self.d_model:
+                raise ConfigError(f"rnnsearch: tie={self.tie} shares W_o with the embedding, so hidden_size ({hidden}) must be "
+                                  f"2 × d_model ({self.d_model}); or tie=none")
+            if self.n_decoder_layers != 1:
+                raise ConfigError(f"rnnsearch has one decoder layer (a GRU cell), got n_decoder_layers={self.n_decoder_layers}")
+        if self.arch == "mlp-lm" and self.order < 2:
+            raise ConfigError(f"an mlp-lm needs order >= 2 (at least one word of context), got {self.order}")
         if self.arch == "ngram":
             if self.order < 1:
                 raise ConfigError(f"order must be at least 1 (1 = unigram, 2 = bigram …), got {self.order}")
@@ -143,6 +165,15 @@ def estimate_parameters(cfg: ModelConfig) -> int:
     """
     if cfg.arch == "ngram":
         return 0  # counts, not parameters
+    if cfg.arch == "mlp-lm":
+        x, h, v = (cfg.order - 1) * cfg.d_model, cfg.d_ff, cfg.vocab_size  # C, H and d, U and b, W
+        return v * cfg.d_model + (x * h + h) + (h * v + v) + x * v
+    if cfg.arch in ("rnn-seq2seq", "rnnsearch"):
+        return _recurrent_translation_parameters(cfg)
+    if cfg.arch == "rnn-lm":
+        gates = {"lstm": 4, "gru": 3, "rnn": 1}[cfg.cell]
+        layers = cfg.n_decoder_layers * gates * (2 * cfg.d_model * cfg.d_model + 2 * cfg.d_model)
+        return cfg.vocab_size * cfg.d_model * (1 if cfg.tie != "none" else 2) + layers + cfg.vocab_size
     d, ff = cfg.d_model, cfg.d_ff
     attn, ffn, ln = 4 * (d * d + d), 2 * d * ff + ff + d, 2 * d
     enc = dec = 0
@@ -158,6 +189,22 @@ def estimate_parameters(cfg: ModelConfig) -> int:
     emb = matrices * max(cfg.vocab_size, cfg.target_vocab_size) * d
     pos = cfg.max_positions * d if cfg.positional == "learned" else 0
     return enc + dec + emb + pos
+
+
+def _recurrent_translation_parameters(cfg: ModelConfig) -> int:
+    m, n, v = cfg.d_model, cfg.hidden_size or cfg.d_model, cfg.target_vocab_size
+    emb = cfg.vocab_size * m + (0 if cfg.tie == "three_way" else v * m)
+    rnn = lambda gates, inp, hid: gates * (inp * hid + hid * hid + 2 * hid)  # noqa: E731  (torch's two biases)
+    if cfg.arch == "rnn-seq2seq":
+        g = {"lstm": 4, "gru": 3, "rnn": 1}[cfg.cell]
+        enc = sum(rnn(g, m if i == 0 else n, n) for i in range(cfg.n_encoder_layers))
+        dec = sum(rnn(g, m if i == 0 else n, n) for i in range(cfg.n_decoder_layers))
+        return emb + enc + dec + (0 if cfg.tie != "none" else n * v) + v
+    enc = 2 * sum(rnn(3, m if i == 0 else 2 * n, n) for i in range(cfg.n_encoder_layers))
+    attention = n * n + (2 * n * n + n) + n
+    cell = rnn(3, m + 2 * n, n)
+    deep_output = (n * n + n) + m * n + 2 * n * n
+    return emb + enc + (n * n + n) + attention + cell + deep_output + (0 if cfg.tie != "none" else n // 2 * v) + v
 
 
 # Named presets. The paper's two (Table 3) and small ones that train on a CPU.
@@ -180,8 +227,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         arch="decoder-only", d_model=128, d_ff=512, n_heads=4, n_encoder_layers=0, n_decoder_layers=4,
         dropout=0.0, max_positions=64, vocab_size=65 + 4,
     ),
+    # The lineage (docs/lineage.md), at the size of the character-level Shakespeare runs.
     # Count-based: interpolated Kneser-Ney over the last 4 tokens (aiayn.model.ngram).
     "kn5": dict(arch="ngram", order=5, vocab_size=65 + 4),
+    # Bengio et al. 2003: 8 characters of context, embeddings of 32, 512 tanh units.
+    "mlp-lm": dict(arch="mlp-lm", order=9, d_model=32, d_ff=512, dropout=0.1, vocab_size=65 + 4, max_positions=256),
+    # A 2-layer LSTM of 512 units (Zaremba et al. 2014's medium model is 2 × 650), tied embedding.
+    "lstm-lm": dict(arch="rnn-lm", cell="lstm", d_model=512, n_decoder_layers=2, dropout=0.2, vocab_size=65 + 4,
+                    max_positions=256),
+    # Sutskever et al. 2014: 4 + 4 LSTM layers of 1000 cells, 1000-dimensional embeddings, the source reversed.
+    "sutskever-2014": dict(arch="rnn-seq2seq", cell="lstm", d_model=1000, n_encoder_layers=4, n_decoder_layers=4,
+                           reverse_source=True, dropout=0.0, tie="none"),
+    # Bahdanau et al. 2014 (RNNsearch-50): embeddings 620, 1000 GRU units each way, maxout 500.
+    "rnnsearch-2014": dict(arch="rnnsearch", d_model=620, hidden_size=1000, n_encoder_layers=1, n_decoder_layers=1,
+                           dropout=0.0, tie="none"),
+    # CPU-sized versions for the Bible corpus (the shape of the `small` Transformer: d_model 256, V 8000).
+    "rnn-seq2seq-small": dict(arch="rnn-seq2seq", cell="lstm", d_model=256, n_encoder_layers=2, n_decoder_layers=2,
+                              reverse_source=True, dropout=0.2, vocab_size=8000),
+    "rnnsearch-small": dict(arch="rnnsearch", d_model=256, hidden_size=512, n_encoder_layers=1, n_decoder_layers=1,
+                            dropout=0.2, vocab_size=8000),
     # Encoder-only (bidirectional), BERT-like shape at CPU size.
     "encoder-small": dict(
         arch="encoder-only", d_model=256, d_ff=1024, n_heads=4, n_encoder_layers=4, n_decoder_layers=0,
@@ -558,7 +622,7 @@ def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | 
 
 
 __all__ = [
-    "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "ConfigError", "ModelConfig", "PRESETS", "LANGUAGE_MODELS",
+    "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "ConfigError", "ModelConfig", "PRESETS", "LANGUAGE_MODELS", "TRANSLATION_MODELS",
     "from_dict", "to_dict", "preset", "parse_overrides", "merge", "estimate_parameters", "PrepareConfig",
     "DecodeConfig", "SampleConfig", "Limits", "Word2VecConfig", "option", "REQUIRED", "TrainConfig", "RunConfig",
     "load_run_config",

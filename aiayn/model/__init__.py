@@ -18,9 +18,11 @@ from .encoder_only import EncoderModel
 from .layers import sinusoidal_table
 from .lm import LanguageModel
 from .ngram import NGramLM
+from .recurrent_lm import MLPLanguageModel, RNNLanguageModel
+from .recurrent_mt import AdditiveAttention, RNNSearch, RNNSeq2Seq
 from .transformer import DecoderState, Transformer, padding_mask
 
-Model = Transformer | LanguageModel | EncoderModel | NGramLM
+Model = Transformer | LanguageModel | EncoderModel | NGramLM | MLPLanguageModel | RNNLanguageModel | RNNSeq2Seq | RNNSearch
 
 
 def build_model(cfg: ModelConfig) -> Model:
@@ -33,6 +35,14 @@ def build_model(cfg: ModelConfig) -> Model:
         return LanguageModel(cfg)
     if cfg.arch == "ngram":
         return NGramLM(cfg)
+    if cfg.arch == "mlp-lm":
+        return MLPLanguageModel(cfg)
+    if cfg.arch == "rnn-lm":
+        return RNNLanguageModel(cfg)
+    if cfg.arch == "rnn-seq2seq":
+        return RNNSeq2Seq(cfg)
+    if cfg.arch == "rnnsearch":
+        return RNNSearch(cfg)
     return EncoderModel(cfg)
 
 
@@ -103,7 +113,8 @@ def recording_attention(model: nn.Module) -> Iterator[AttentionRecord]:
     Yields a dict that a forward pass fills: ``{layer name: weights (B, h, T_q, T_k)}``, e.g.
     ``"decoder.layers.1.cross_attn"``.
     """
-    record = AttentionRecord({id(m): n for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)})
+    kinds = (MultiHeadAttention, AdditiveAttention)
+    record = AttentionRecord({id(m): n for n, m in model.named_modules() if isinstance(m, kinds)})
     token = ATTENTION_RECORDER.set(record)
     try:
         yield record
@@ -122,6 +133,7 @@ def set_attention_impl(model: nn.Module, impl: str) -> None:
 
 __all__ = [
     "Model", "build_model", "count_parameters", "parameter_breakdown", "recording_attention",
-    "set_attention_impl", "Transformer", "LanguageModel", "NGramLM", "EncoderModel", "DecoderState", "KVCache",
+    "set_attention_impl", "Transformer", "LanguageModel", "NGramLM", "MLPLanguageModel", "RNNLanguageModel",
+    "RNNSeq2Seq", "RNNSearch", "EncoderModel", "DecoderState", "KVCache",
     "MultiHeadAttention", "attention", "padding_mask", "sinusoidal_table",
 ]

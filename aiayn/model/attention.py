@@ -125,6 +125,12 @@ class AttentionRecord(dict):
         if name is not None:
             self[name] = weights
 
+    def append(self, module: nn.Module, weights: Tensor) -> None:
+        """Weights of further query positions (a recurrent decoder's next step): concatenated along T_q."""
+        name = self._names.get(id(module))
+        if name is not None:
+            self[name] = torch.cat([self[name], weights], dim=2) if name in self else weights
+
 
 # The recorder of the running call, if any. A context variable, not a module attribute: each thread and
 # each asyncio task sees its own, so a call that records weights never changes what another call on the

@@ -31,21 +31,12 @@ range, found by binary search (the unigram's prefix is the empty context, id 0).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-
-
-@dataclass
-class NGramState:
-    """Sampling state: the last n − 1 tokens of every row, and how many tokens were read."""
-
-    history: Tensor  # (B, ≤ n − 1)
-    offset: int = 0
+from .window import WindowState, window_step
 
 
 class NGramLM(nn.Module):
@@ -184,17 +175,12 @@ class NGramLM(nn.Module):
     def block_size(self) -> int:
         return self.cfg.max_positions
 
-    def start(self) -> NGramState:
-        return NGramState(torch.zeros(1, 0, dtype=torch.long))
+    def start(self) -> WindowState:
+        return WindowState.empty()
 
-    def step(self, tokens: Tensor, state: NGramState) -> Tensor:
+    def step(self, tokens: Tensor, state: WindowState) -> Tensor:
         """tokens (B, t) new tokens → log-probabilities (B, t, V) of the token after each."""
-        history = state.history.expand(tokens.size(0), -1) if state.history.size(0) == 1 else state.history
-        seq = torch.cat([history, tokens], dim=1)
-        out = self(seq)[:, history.size(1) :]
-        state.history = seq[:, max(0, seq.size(1) - (self.n - 1)) :]
-        state.offset += tokens.size(1)
-        return out
+        return window_step(self, tokens, state, self.n - 1)
 
     def extra_repr(self) -> str:
         sizes = ", ".join(f"{getattr(self, f'keys{m}').numel():,}" for m in range(1, self.n + 1))

@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
-from ..config import LANGUAGE_MODELS, Limits
+from ..config import LANGUAGE_MODELS, TRANSLATION_MODELS, Limits
 from ..decode.sampling import SampleConfig
 from ..decode.translate import DecodeConfig, unusable_character
 
@@ -144,7 +144,7 @@ class Service:
     def _encode(self, texts: list[str], beam: int) -> list[list[int]]:
         """Check every text of a request and encode it; the first problem refuses the request (only it)."""
         lim = self.limits
-        if self.arch != "encoder-decoder":
+        if self.arch not in TRANSLATION_MODELS:
             raise RequestError(400, f"this model is a {self.arch} model: use /generate")
         if not texts:
             raise RequestError(422, "no text to translate")

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..accel import accelerate
 from ..atomic import write_json_atomic
-from ..config import LANGUAGE_MODELS, ConfigError, RunConfig, TrainConfig, load_run_config
+from ..config import LANGUAGE_MODELS, TRANSLATION_MODELS, ConfigError, RunConfig, TrainConfig, load_run_config
 from ..data.prepare import load_manifest
 from ..data.vocab import load_vocab
 from ..model import build_model, count_parameters
@@ -64,8 +64,8 @@ class Trainer:
         self.kind = manifest["kind"]
         self.vocab = load_vocab(cfg.data)
         m = run.model
-        if self.kind == "parallel" and m.arch != "encoder-decoder":
-            raise ConfigError(f"parallel data needs an encoder-decoder model, not {m.arch}")
+        if self.kind == "parallel" and m.arch not in TRANSLATION_MODELS:
+            raise ConfigError(f"parallel data needs a translation model ({', '.join(TRANSLATION_MODELS)}), not {m.arch}")
         if self.kind == "lm" and m.arch not in LANGUAGE_MODELS:
             raise ConfigError(f"language-model data needs a language model ({', '.join(LANGUAGE_MODELS)}), not {m.arch}")
         if m.vocab_size != len(self.vocab):
