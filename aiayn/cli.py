@@ -221,8 +221,9 @@ def cmd_viz(a: argparse.Namespace) -> None:
         path = viz.plot_positional(a.out or "positional.png", a.positions, a.d_model)
     else:
         model, vocab, config = _load(a.model)
-        if _arch(config) != "encoder-decoder":
-            _die("attention pictures need a translation (encoder-decoder) model")
+        if _arch(config) not in ("encoder-decoder", "rnnsearch"):
+            _die(f"attention pictures need a translation model with attention (a Transformer or rnnsearch), "
+                 f"not {_arch(config)}")
 
         def parse(spec: str | None) -> list[int] | None:
             if spec is None or spec == "all":

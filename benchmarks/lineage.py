@@ -83,8 +83,14 @@ def mt_ladder(args) -> None:
         rows.append(row)
         print(f"{name:>12}: test BLEU {row['bleu']:.2f}  chrF {row['chrf']:.2f}  {row['steps']:,} steps  "
               f"{row['target_tokens_per_second']:,} target tokens/s  {params:,} parameters", flush=True)
-    write_results("lineage_mt", {"minutes": minutes, "threads": args.threads, "rows": rows},
-                  Path(args.out).with_name("lineage_mt.json"))
+    path = Path(args.out).with_name("lineage_mt.json")
+    if args.models and path.is_file():  # a run of some models replaces their rows and keeps the others'
+        old = json.loads(path.read_text())
+        if old.get("minutes") == minutes and old.get("machine", {}).get("cpu") == describe().split(" (")[0]:
+            done = {r["model"] for r in rows}
+            rows = [r for r in old["rows"] if r["model"] not in done] + rows
+            rows.sort(key=lambda r: list(TRANSLATORS).index(r["model"]))
+    write_results("lineage_mt", {"minutes": minutes, "threads": args.threads, "rows": rows}, path)
 
 
 def main() -> None:

@@ -157,3 +157,10 @@ def test_learns_to_copy_through_the_training_loop(tmp_path, arch, size, steps):
         words = [i for i, p in enumerate(maps["tgt"]) if p.strip("▁") in ("dos", "tres", "uno")]
         assert all(maps["src"][int(cross[0, i].argmax())] == maps["tgt"][i] for i in words)
         assert plot_attention(m, vocab, "dos tres uno", tmp_path / "a.png").is_file()
+    from fastapi.testclient import TestClient
+
+    from aiayn.serve.app import create_app
+
+    with TestClient(create_app(tmp_path / "run" / "checkpoints" / f"step_{steps:07d}")) as client:  # served as it is
+        r = client.post("/translate", json={"texts": ["dos tres uno", "ocho siete"], "beam": 4})
+        assert r.status_code == 200 and [t["translation"] for t in r.json()["translations"]] == ["dos tres uno", "ocho siete"]

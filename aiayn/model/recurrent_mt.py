@@ -188,27 +188,33 @@ class RNNSearch(nn.Module):
         s0 = torch.tanh(self.init_state(final[-1]))  # the backward GRU's last state: it has read the whole source
         return memory, mask, s0
 
-    def _step(self, y_prev: Tensor, s: Tensor, memory: Tensor, keys: Tensor, mask: Tensor, beams: int):
-        """One target position: (B·k,) previous tokens and states → logits (B·k, V), the next state."""
-        emb = self.dropout(self.embed.target(y_prev))  # (B·k, m)
-        c, alpha = self.cross_attn(s, memory, keys, mask, beams)
+    def _recur(self, emb: Tensor, s: Tensor, memory: Tensor, keys: Tensor, mask: Tensor, beams: int):
+        """The recurrence over target positions: embedded previous tokens emb (B·k, T, m) and s_0 → the
+        states s_{i−1} and contexts c_i that each position's output reads ((B·k, T, n), (B·k, T, 2n)),
+        and the last state. Only this is sequential; the output layer then runs on all positions at once."""
+        states, contexts = [], []
         recorder = ATTENTION_RECORDER.get()
-        if recorder is not None:
-            recorder.append(self.cross_attn, alpha[:, None, None].detach())  # (B·k, heads=1, one step, S)
-        t = self.deep_output["U_o"](s) + self.deep_output["V_o"](emb) + self.deep_output["C_o"](c)  # (B·k, 2l)
-        t = t.view(t.size(0), -1, 2).amax(-1)  # maxout over pairs: (B·k, l)
-        logits = self.output(self.dropout(t))
-        return logits, self.cell(torch.cat([emb, c], -1), s)
+        for i in range(emb.size(1)):
+            c, alpha = self.cross_attn(s, memory, keys, mask, beams)
+            if recorder is not None:
+                recorder.append(self.cross_attn, alpha[:, None, None].detach())  # (B·k, heads=1, one step, S)
+            states.append(s)
+            contexts.append(c)
+            s = self.cell(torch.cat([emb[:, i], c], -1), s)  # s_i = GRU([E y_{i−1} ; c_i], s_{i−1})
+        return torch.stack(states, 1), torch.stack(contexts, 1), s
+
+    def _output(self, s: Tensor, emb: Tensor, c: Tensor) -> Tensor:
+        """The deep output with maxout (appendix A.2.2) → logits (…, V)."""
+        t = self.deep_output["U_o"](s) + self.deep_output["V_o"](emb) + self.deep_output["C_o"](c)  # (…, 2l)
+        t = t.unflatten(-1, (-1, 2)).amax(-1)  # maxout over pairs: (…, l)
+        return self.output(self.dropout(t))
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        """Teacher forcing: src (B, S), tgt_in (B, T) → logits (B, T, V), one GRU step per position."""
-        memory, mask, s = self.encode(src)
-        keys = self.cross_attn.U(memory)
-        out = []
-        for i in range(tgt_in.size(1)):
-            logits, s = self._step(tgt_in[:, i], s, memory, keys, mask, 1)
-            out.append(logits)
-        return torch.stack(out, 1)
+        """Teacher forcing: src (B, S), tgt_in (B, T) → logits (B, T, V)."""
+        memory, mask, s0 = self.encode(src)
+        emb = self.dropout(self.embed.target(tgt_in))  # (B, T, m)
+        states, contexts, _ = self._recur(emb, s0, memory, self.cross_attn.U(memory), mask, 1)
+        return self._output(states, emb, contexts)
 
     def start(self, src: Tensor, beams: int = 1) -> RecurrentDecoderState:
         memory, mask, s0 = self.encode(src)
@@ -217,11 +223,9 @@ class RNNSearch(nn.Module):
 
     def step(self, tokens: Tensor, state: RecurrentDecoderState) -> Tensor:
         """tokens (B·k, t) → logits (B·k, t, V), continuing the state."""
-        out = []
-        for i in range(tokens.size(1)):
-            logits, state.hidden = self._step(tokens[:, i], state.hidden, state.memory, state.keys, state.memory_mask,
-                                              state.beams)
-            out.append(logits)
+        emb = self.dropout(self.embed.target(tokens))
+        states, contexts, state.hidden = self._recur(emb, state.hidden, state.memory, state.keys, state.memory_mask,
+                                                     state.beams)
         state.offset += tokens.size(1)
-        return torch.stack(out, 1)
+        return self._output(states, emb, contexts)
 
