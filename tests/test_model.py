@@ -423,3 +423,12 @@ def test_layers_match_torch_transformer_layers(norm):
     torch.testing.assert_close(dec(x, mem, ~pad[:, None, None, :]), expected, atol=1e-5, rtol=1e-5)
 
 
+
+
+def test_every_architecture_has_a_class():
+    import typing
+
+    from aiayn.config import Arch
+    from aiayn.model import ARCHITECTURES
+
+    assert set(typing.get_args(Arch)) == set(ARCHITECTURES)

@@ -25,25 +25,19 @@ from .transformer import DecoderState, Transformer, padding_mask
 Model = Transformer | LanguageModel | EncoderModel | NGramLM | MLPLanguageModel | RNNLanguageModel | RNNSeq2Seq | RNNSearch
 
 
+# The class of each ``ModelConfig.arch``: the Transformer family (§3), then the lineage (docs/lineage.md).
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "encoder-decoder": Transformer, "decoder-only": LanguageModel, "encoder-only": EncoderModel,
+    "ngram": NGramLM, "mlp-lm": MLPLanguageModel, "rnn-lm": RNNLanguageModel,
+    "rnn-seq2seq": RNNSeq2Seq, "rnnsearch": RNNSearch,
+}
+
+
 def build_model(cfg: ModelConfig) -> Model:
     """The model ``cfg.arch`` names. A shape whose float32 weights alone would not fit in this
     machine's memory is refused before anything is allocated."""
     check_fits_in_memory(cfg)
-    if cfg.arch == "encoder-decoder":
-        return Transformer(cfg)
-    if cfg.arch == "decoder-only":
-        return LanguageModel(cfg)
-    if cfg.arch == "ngram":
-        return NGramLM(cfg)
-    if cfg.arch == "mlp-lm":
-        return MLPLanguageModel(cfg)
-    if cfg.arch == "rnn-lm":
-        return RNNLanguageModel(cfg)
-    if cfg.arch == "rnn-seq2seq":
-        return RNNSeq2Seq(cfg)
-    if cfg.arch == "rnnsearch":
-        return RNNSearch(cfg)
-    return EncoderModel(cfg)
+    return ARCHITECTURES[cfg.arch](cfg)
 
 
 def check_fits_in_memory(cfg: ModelConfig) -> None:
@@ -132,7 +126,7 @@ def set_attention_impl(model: nn.Module, impl: str) -> None:
 
 
 __all__ = [
-    "Model", "build_model", "count_parameters", "parameter_breakdown", "recording_attention",
+    "Model", "ARCHITECTURES", "build_model", "count_parameters", "parameter_breakdown", "recording_attention",
     "set_attention_impl", "Transformer", "LanguageModel", "NGramLM", "MLPLanguageModel", "RNNLanguageModel",
     "RNNSeq2Seq", "RNNSearch", "EncoderModel", "DecoderState", "KVCache",
     "MultiHeadAttention", "attention", "padding_mask", "sinusoidal_table",
