@@ -89,7 +89,8 @@ class ModelConfig:
     reverse_source: bool = False  # rnn-seq2seq: read the source backwards (Sutskever et al. 2014, §3.3)
 
     def __post_init__(self) -> None:
-        self.tie = _OLD_VALUES.get(("tie", self.tie), self.tie)  # type: ignore[assignment]
+        if isinstance(self.tie, str):
+            self.tie = _OLD_VALUES.get(("tie", self.tie), self.tie)  # type: ignore[assignment]
         self.validate()
 
     @property
@@ -284,7 +285,8 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
             return None
         return _coerce(name, inner[0], value)
     if origin is Literal:
-        value = _OLD_VALUES.get((name.rsplit(".", 1)[-1], value), value)
+        if isinstance(value, str):
+            value = _OLD_VALUES.get((name.rsplit(".", 1)[-1], value), value)
         if value not in args:
             raise ConfigError(f"{name}: {value!r} is not one of {' | '.join(map(str, args))}")
         return value
