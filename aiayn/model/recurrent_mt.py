@@ -22,7 +22,7 @@ use them. ``torch.nn.LSTM``/``GRU`` and their cells do the recurrences; the atte
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -46,7 +46,7 @@ class RecurrentDecoderState:
     memory_mask: Tensor | None = None  # (B, S), True at real tokens
     beams: int = 1
     offset: int = 0
-    batch_dim: int = field(default=1)  # the dimension of ``hidden`` that holds the rows
+    batch_dim: int = 1  # the dimension of ``hidden`` that holds the rows: 1 for nn.LSTM/GRU, 0 for a GRUCell
 
     def select(self, index: Tensor) -> None:
         self.reorder_beams(index, index)
