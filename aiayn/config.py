@@ -89,8 +89,7 @@ class ModelConfig:
     reverse_source: bool = False  # rnn-seq2seq: read the source backwards (Sutskever et al. 2014, §3.3)
 
     def __post_init__(self) -> None:
-        if isinstance(self.tie, str):
-            self.tie = _OLD_VALUES.get(("tie", self.tie), self.tie)  # type: ignore[assignment]
+        self.tie = current_value("tie", self.tie)
         self.validate()
 
     @property
@@ -262,6 +261,11 @@ T = TypeVar("T")
 _OLD_VALUES = {("tie", "decoder_only"): "two_way"}
 
 
+def current_value(field_name: str, value: Any) -> Any:
+    """``value`` under its current name, if field ``field_name`` renamed it (else ``value`` itself)."""
+    return _OLD_VALUES.get((field_name, value), value) if isinstance(value, str) else value
+
+
 def _check_literals(obj: Any) -> None:
     hints = typing.get_type_hints(type(obj))
     for f in fields(obj):
@@ -285,8 +289,7 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
             return None
         return _coerce(name, inner[0], value)
     if origin is Literal:
-        if isinstance(value, str):
-            value = _OLD_VALUES.get((name.rsplit(".", 1)[-1], value), value)
+        value = current_value(name.rsplit(".", 1)[-1], value)
         if value not in args:
             raise ConfigError(f"{name}: {value!r} is not one of {' | '.join(map(str, args))}")
         return value

@@ -116,6 +116,14 @@ def lm_loss(model, tokens: np.ndarray, block_size: int, device: torch.device | s
     return {"val_loss": loss, "ppl": math.exp(loss), "tokens": count}
 
 
+def lm_validation(model, valid_tokens, block_size: int, limit: int = 0, device: torch.device | str = "cpu") -> dict:
+    """What training logs for a language model: ``{"val_loss", "ppl"}`` over the first ``limit`` validation
+    tokens (0: all), every one predicted once (:func:`lm_loss`)."""
+    n = limit or len(valid_tokens)
+    res = lm_loss(model, np.asarray(valid_tokens[: n + 1]), block_size, device)
+    return {"val_loss": res["val_loss"], "ppl": res["ppl"]}
+
+
 def evaluate_lm_text(model, vocab, path: str | Path, tail_fraction: float = 0.0, block_size: int = 0) -> dict:
     """Loss and perplexity of a language model on a text file, every token predicted once, in windows of
     ``block_size`` (0: the model's ``max_positions``). ``tail_fraction`` scores only the last fraction of

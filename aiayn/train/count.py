@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def count_run(run: RunConfig) -> dict[str, Any]:
     """Count the n-grams of ``train.data``'s training tokens and write ``train.out`` (config.yaml,
     log.jsonl and best/). Rerunning counts again and replaces what the last run wrote."""
-    from ..evaluate import lm_loss
+    from ..evaluate import lm_validation
 
     cfg, m = run.train, run.model
     if not cfg.data:
@@ -45,11 +45,9 @@ def count_run(run: RunConfig) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     log.info("counted %s tokens in %.1f s: %s", f"{len(train_tokens):,}", seconds, model.extra_repr())
     valid = np.load(Path(cfg.data) / "valid.tokens.npy", mmap_mode="r")
-    n = cfg.eval_lm_tokens or len(valid)
-    res = lm_loss(model, np.asarray(valid[: n + 1]), cfg.block_size or m.max_positions)
-    metrics = {"val_loss": res["val_loss"], "ppl": res["ppl"]}
+    metrics = lm_validation(model, valid, cfg.block_size or m.max_positions, cfg.eval_lm_tokens)
     runlog.write({"kind": "eval", "step": 1, "time": round(seconds, 2), **metrics})
     runlog.close()
     save_model_dir(Path(cfg.out) / "best", model, m, vocab, {"step": 1, "metrics": metrics}, overwrite=True)
-    log.info("val_loss=%.4f ppl=%.4g", res["val_loss"], res["ppl"])
+    log.info("val_loss=%.4f ppl=%.4g", metrics["val_loss"], metrics["ppl"])
     return {"step": 1, "elapsed": seconds, "train_tokens": len(train_tokens), **metrics}

@@ -29,7 +29,6 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -164,11 +163,9 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
         if self.kind == "lm":
-            from ..evaluate import lm_loss
+            from ..evaluate import lm_validation
 
-            n = self.cfg.eval_lm_tokens or len(self.feed.valid_tokens)
-            res = lm_loss(self.model, np.asarray(self.feed.valid_tokens[: n + 1]), self.feed.block, self.device)
-            return {"val_loss": res["val_loss"], "ppl": res["ppl"]}
+            return lm_validation(self.model, self.feed.valid_tokens, self.feed.block, self.cfg.eval_lm_tokens, self.device)
         if self.feed.dev_data is None:
             return {}
         from ..evaluate import corpus_loss, greedy_bleu

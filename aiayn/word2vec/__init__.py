@@ -151,11 +151,11 @@ def negative_sampling_step(w_in: torch.Tensor, w_out: torch.Tensor, v: torch.Ten
     step_v = torch.bmm(g.unsqueeze(1), u).squeeze(1)  # (B, d)
     damped_index_add(w_out, targets.flatten(), (g.unsqueeze(2) * v.unsqueeze(1)).flatten(0, 1))
     score[:, 1:].neg_()
-    loss = -F.logsigmoid(score).masked_fill_(torch.cat([same[:, :1] & False, same], 1), 0.0).sum().item()
+    loss = -F.logsigmoid(score).masked_fill_(F.pad(same, (1, 0)), 0.0).sum().item()  # skipped noise words: no loss
     return step_v, loss
 
 
-def train_word2vec(cfg: Word2VecConfig, progress: bool = True) -> tuple[WordVectors, dict]:
+def train_word2vec(cfg: Word2VecConfig) -> tuple[WordVectors, dict]:
     """Train word vectors on ``cfg.input``; returns them and the run's statistics (words/s, loss per epoch)."""
     start = time.perf_counter()
     corpus = Corpus(cfg.input, cfg.min_count, cfg.lowercase)
