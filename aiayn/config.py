@@ -80,6 +80,7 @@ class ModelConfig:
     ln_eps: float = 1e-6  # not stated in the paper; tensor2tensor's value
     max_positions: int = 1024  # rows of a learned position table; block size of an LM
     n_classes: int = 0  # encoder-only: size of the sequence-classification head (0 = none)
+    attention_window: int = 0  # restricted self-attention (Table 1, §7): r positions either side (0 = all)
     # The lineage (docs/lineage.md). ngram: interpolated Kneser-Ney; mlp-lm: Bengio et al. 2003 (embeddings of
     # size d_model, d_ff hidden units); rnn-lm: n_decoder_layers recurrent layers of size d_model
     order: int = 3  # ngram, mlp-lm: the next token is predicted from the last order − 1
@@ -111,6 +112,10 @@ class ModelConfig:
             raise ConfigError(f"sinusoidal positions need an even d_model, got {self.d_model}")
         if attends and self.positional == "rope" and self.d_k % 2:
             raise ConfigError(f"rope positions need an even head size d_model/n_heads, got {self.d_k}")
+        if self.attention_window < 0:
+            raise ConfigError(f"attention_window must be >= 0 (0 = full attention), got {self.attention_window}")
+        if self.attention_window and not attends:
+            raise ConfigError(f"attention_window applies to the Transformer's self-attention, not to {self.arch}")
         if self.rope_base <= 1.0:
             raise ConfigError(f"rope_base must be > 1, got {self.rope_base}")
         if self.vocab_size < 5:

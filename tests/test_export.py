@@ -190,17 +190,21 @@ def test_export_command(trained):
         assert (tmp / f"cli-{to}" / name).is_file()
 
 
-def test_exporters_refuse_rope_positions(tmp_path):
-    """Every target engine adds positions to the embeddings: a rope model is refused clearly, not
-    exported into something that computes another function."""
+@pytest.mark.parametrize("option,message", [({"positional": "rope"}, "rope"),
+                                            ({"attention_window": 4}, "attention_window=4")])
+def test_exporters_refuse_what_their_engines_cannot_compute(tmp_path, option, message):
+    """Every target engine adds positions to the embeddings and attends to every position: a rope
+    model or one with restricted self-attention is refused clearly, not exported into something that
+    computes another function (and nothing is written)."""
     from aiayn.config import preset
     from aiayn.data.vocab import CharVocab
     from aiayn.export.ctranslate2 import to_ctranslate2
     from aiayn.export.hf import to_hf
     from aiayn.export.onnx import to_onnx
 
-    model = build_model(preset("tiny", positional="rope"))
+    model = build_model(preset("tiny", **option))
     vocab = CharVocab.train(["abc"])
     for export in (to_ctranslate2, to_hf, to_onnx):
-        with pytest.raises(ValueError, match="rope"):
+        with pytest.raises(ValueError, match=message):
             export(model, vocab, tmp_path / export.__name__)
+        assert not (tmp_path / export.__name__).exists()

@@ -89,6 +89,15 @@ class PreallocatedKVCache(KVCache):
         self.k, self.v = self._kbuf[:, :, : n + t], self._vbuf[:, :, : n + t]  # type: ignore[index]
         return self.k, self.v  # type: ignore[return-value]
 
+    def keep_last(self, n: int) -> None:
+        extra = self.length - n
+        if self._kbuf is None or extra <= 0:
+            return super().keep_last(n)
+        self._kbuf[:, :, :n] = self._kbuf[:, :, extra : extra + n].clone()  # the kept positions to the front
+        self._vbuf[:, :, :n] = self._vbuf[:, :, extra : extra + n].clone()  # type: ignore[index]
+        self.k, self.v = self._kbuf[:, :, :n], self._vbuf[:, :, :n]  # type: ignore[index]
+        self.dropped += extra
+
     def select(self, index: Tensor) -> None:
         if self._kbuf is None:
             return super().select(index)

@@ -14,7 +14,7 @@ import torch
 
 from ..atomic import atomic_directory
 from ..config import EOS_ID
-from . import ExportError
+from . import ExportError, check_full_attention
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -56,6 +56,7 @@ def to_ctranslate2(model, vocab, out: str | Path, quantization: str | None = Non
         raise ExportError("only encoder-decoder models can be exported to CTranslate2 here")
     if cfg.positional in ("learned", "rope"):
         raise ExportError(f"{cfg.positional} positions are not supported by this exporter yet")
+    check_full_attention(cfg, "CTranslate2")
     act = common_spec.Activation.RELU if cfg.activation == "relu" else common_spec.Activation.GELU
     spec = transformer_spec.TransformerSpec.from_config(
         (cfg.n_encoder_layers, cfg.n_decoder_layers), cfg.n_heads, pre_norm=cfg.norm == "pre", activation=act)

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..atomic import atomic_directory
 from ..config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from . import ExportError
+from . import ExportError, check_full_attention
 
 
 def interleaved_to_concat(d_model: int) -> Tensor:
@@ -139,6 +139,7 @@ def to_hf(model, vocab, out: str | Path, overwrite: bool = False):
         raise ExportError("HF export needs a shared vocabulary with three-way tying (tie: three_way)")
     if cfg.positional == "rope":
         raise ExportError("Marian and Pegasus add positions to the embeddings: rope positions cannot be exported to them")
+    check_full_attention(cfg, "Hugging Face Marian/Pegasus")
     pre = cfg.norm == "pre"
     if pre:
         from transformers import PegasusForConditionalGeneration as HFModel

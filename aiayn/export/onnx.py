@@ -35,7 +35,7 @@ import torch
 
 from ..atomic import atomic_directory
 from ..config import BOS_ID, EOS_ID, PAD_ID
-from . import ExportError, onnx_beam
+from . import ExportError, check_full_attention, onnx_beam
 from .onnx_graphs import OPSET, DecoderStepGraph, EncoderGraph, _examples, quiet_tracing
 
 
@@ -49,6 +49,7 @@ def to_onnx(model, vocab, out: str | Path, beam: int = 4, nbest: int = 1, alpha:
         raise ExportError("only encoder-decoder models can be exported to ONNX here")
     if cfg.positional == "rope":
         raise ExportError("rope positions are not supported by the ONNX exporter yet")
+    check_full_attention(cfg, "this ONNX exporter")
     with atomic_directory(out, overwrite=overwrite, what="export directory") as tmp:
         _write_onnx(model.float().eval(), vocab, tmp, beam, nbest, alpha, extra)
     return Path(out)

@@ -49,6 +49,59 @@ def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> Tenso
     return torch.arange(t_k, device=device).unsqueeze(0) <= q_pos
 
 
+def band_mask(t_q: int, t_k: int, window: int, causal: bool, device: torch.device | None = None) -> Tensor:
+    """Restricted self-attention (Table 1, §4): (t_q, t_k) bool mask where query i (the last t_q of t_k
+    positions) sees the keys at most ``window`` positions away — only earlier ones (and itself) when causal."""
+    q_pos = torch.arange(t_q, device=device).unsqueeze(1) + (t_k - t_q)
+    dist = torch.arange(t_k, device=device).unsqueeze(0) - q_pos  # key position − query position
+    return (dist >= -window) & (dist <= (0 if causal else window))
+
+
+def restricted_mask(mask: Tensor | None, t_q: int, t_k: int, window: int, causal: bool,
+                    device: torch.device | None = None) -> Tensor:
+    """The band of :func:`band_mask` combined with a key mask (padding). A query whose window holds no
+    real key (a padding position far from the sentence) attends to itself, so no row is empty."""
+    band = band_mask(t_q, t_k, window, causal, device)
+    if mask is None:
+        return band
+    itself = band_mask(t_q, t_k, 0, False, device)  # the diagonal of the last t_q positions
+    return band & (mask | itself)
+
+
+LOCAL_BLOCK = 32  # queries per block of local_attention (at least the window)
+
+
+def local_attention(q: Tensor, k: Tensor, v: Tensor, window: int, causal: bool, key_real: Tensor | None = None,
+                    dropout: float = 0.0) -> Tensor:
+    """Restricted self-attention in O(n·r) time and memory: the fast path of ``attention_window``.
+
+    q, k, v: (B, h, n, d_k) of the same n positions; ``key_real``: (B, n) bool, False at padding. Equal
+    to equation (1) under :func:`restricted_mask` (tested). The queries are cut into blocks of
+    b = max(r, 32) positions; block j's queries can only see the keys of positions [jb − r, jb + b + r),
+    so each block attends to that span of b + 2r keys, never to all n.
+    """
+    bsz, h, n, dk = q.shape
+    r, blk = window, max(window, LOCAL_BLOCK)
+    nb = -(-n // blk)  # blocks
+    span, right = blk + 2 * r, nb * blk - n + r  # keys per block; padding after the last key
+    qb = F.pad(q, (0, 0, 0, nb * blk - n)).view(bsz, h, nb, blk, dk).transpose(1, 2)  # (B, nb, h, b, d_k)
+
+    def spans(x: Tensor) -> Tensor:  # (B, h, n, d) → (B, nb, h, span, d): block j's keys
+        return F.pad(x, (0, 0, r, right)).unfold(2, span, blk).permute(0, 2, 1, 4, 3)
+
+    real = torch.zeros(bsz, r + n + right, dtype=torch.bool, device=q.device)
+    real[:, r : r + n] = True if key_real is None else key_real
+    real = real.unfold(1, span, blk)  # (B, nb, span): which keys of each block's span exist
+    dist = torch.arange(span, device=q.device) - r - torch.arange(blk, device=q.device).unsqueeze(1)  # (b, span)
+    band = (dist >= -r) & (dist <= (0 if causal else r))
+    allowed = band & (real[:, :, None, :] | (dist == 0))  # (B, nb, b, span); itself: see restricted_mask
+    out = F.scaled_dot_product_attention(
+        qb.reshape(bsz * nb, h, blk, dk), spans(k).reshape(bsz * nb, h, span, dk),
+        spans(v).reshape(bsz * nb, h, span, v.size(-1)), attn_mask=allowed.view(bsz * nb, 1, blk, span),
+        dropout_p=dropout)  # (B·nb, h, b, d_v)
+    return out.view(bsz, nb, h, blk, -1).transpose(1, 2).reshape(bsz, h, nb * blk, -1)[:, :, :n]
+
+
 class KVCache:
     """Keys and values of one attention layer, (B, h, T, d_k) each.
 
@@ -59,10 +112,24 @@ class KVCache:
 
     def __init__(self, k: Tensor | None = None, v: Tensor | None = None) -> None:
         self.k, self.v = k, v
+        self.dropped = 0  # positions no longer kept (restricted attention keeps only its window)
 
     @property
     def length(self) -> int:
+        """Positions kept."""
         return 0 if self.k is None else self.k.size(2)
+
+    @property
+    def position(self) -> int:
+        """Positions seen: the index of the next one."""
+        return self.dropped + self.length
+
+    def keep_last(self, n: int) -> None:
+        """Forget all but the last ``n`` positions (restricted attention: nothing older is ever attended to)."""
+        extra = self.length - n
+        if extra > 0:
+            self.k, self.v = self.k[:, :, extra:], self.v[:, :, extra:]  # type: ignore[index]
+            self.dropped += extra
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Add the keys/values of new positions (B, h, t, d_k); return all of them so far."""
@@ -148,12 +215,13 @@ class MultiHeadAttention(nn.Module):
     """
 
     def __init__(self, d_model: int, n_heads: int, bias: bool = True, dropout: float = 0.0,
-                 rope: Rotary | None = None) -> None:
+                 rope: Rotary | None = None, window: int = 0) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         self.d_model, self.n_heads, self.d_k = d_model, n_heads, d_model // n_heads
         self.dropout = dropout
+        self.window = window  # self-attention restricted to r positions on either side (0: all; Table 1)
         self.rope = rope  # self-attention with rotary positions: rotate q and k by their positions
         self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias)  # [W^Q; W^K; W^V] for all heads
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)  # W^O
@@ -205,10 +273,15 @@ class MultiHeadAttention(nn.Module):
         if memory is None and not static_kv:
             q, k, v = (self._heads(t) for t in self.in_proj(x).chunk(3, dim=-1))
             if self.rope is not None:
-                offset = 0 if cache is None else cache.length  # positions of the new queries and keys
+                offset = 0 if cache is None else cache.position  # positions of the new queries and keys
                 q, k = self.rope(q, offset), self.rope(k, offset)
             if cache is not None:
                 k, v = cache.append(k, v)
+            if self.window:
+                out = self.restricted(x, q, k, v, mask, causal)
+                if cache is not None:
+                    cache.keep_last(self.window)  # the next query looks back r positions at most
+                return out
         else:
             q = self._heads(self.project(x, slice(0, self.d_model)))
             if static_kv and cache is not None and cache.k is not None:
@@ -246,6 +319,26 @@ class MultiHeadAttention(nn.Module):
         b_, h, t, dk = out.shape
         out = out.transpose(1, 2).reshape(b_, t, h * dk)  # concatenate the heads: (B, T, d)
         return self.out_proj(out)
+
+    def restricted(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+        """Restricted self-attention (``window`` = r > 0): :func:`local_attention` in O(n·r) over a whole
+        sequence; equation (1) / SDPA under :func:`restricted_mask` for decoding steps, short sequences,
+        the reference path and when the weights are recorded."""
+        t_q, t_k = q.size(2), k.size(2)
+        recorder = ATTENTION_RECORDER.get()
+        p = self.dropout if self.training else 0.0
+        key_padding = mask is None or (mask.dim() == 4 and mask.shape[1:3] == (1, 1))  # (B, 1, 1, T) or none
+        if (self.impl != "reference" and recorder is None and t_q == t_k and key_padding
+                and t_k > 2 * max(self.window, LOCAL_BLOCK) + 2 * self.window):
+            key_real = None if mask is None else mask[:, 0, 0, :]
+            out = local_attention(q, k, v, self.window, causal, key_real, p)
+        else:
+            mask = restricted_mask(mask, t_q, t_k, self.window, causal, x.device)
+            out, weights = self.kernel(q, k, v, mask, False, p, need_weights=recorder is not None)
+            if recorder is not None:
+                recorder.add(self, weights.detach())  # type: ignore[union-attr]
+        b_, h, t, dk = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b_, t, h * dk))
 
     def kernel(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, dropout: float,
                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:

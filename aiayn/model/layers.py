@@ -127,9 +127,10 @@ class Residual(nn.Module):
 
 
 def self_attention(cfg: ModelConfig) -> MultiHeadAttention:
-    """Self-attention of a layer; with ``positional: rope`` it rotates queries and keys by position."""
+    """Self-attention of a layer; with ``positional: rope`` it rotates queries and keys by position, with
+    ``attention_window: r`` each position attends only to the r on either side (restricted, Table 1)."""
     rope = Rotary(cfg.d_k, cfg.rope_base) if cfg.positional == "rope" else None
-    return MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.bias, cfg.attn_dropout, rope)
+    return MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.bias, cfg.attn_dropout, rope, cfg.attention_window)
 
 
 class EncoderLayer(nn.Module):
