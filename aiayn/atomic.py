@@ -255,12 +255,17 @@ def _fsync_dir(directory: Path) -> None:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Replace the file ``path`` with ``text`` so that a reader sees the old content or the new."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Replace the file ``path`` with ``data`` so that a reader sees the old content or the new."""
     path = Path(path)
     recover(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes a private file: give it the usual mode

@@ -268,6 +268,19 @@ def cmd_word2vec(a: argparse.Namespace) -> None:
         print(json.dumps(scores))
 
 
+# --- reproduce ---------------------------------------------------------------------------------
+def cmd_reproduce(a: argparse.Namespace) -> None:
+    _threads(a.threads)
+    if a.what == "table1":
+        from .reproduce import table1
+
+        cfg = table1.Table1Config.quick() if a.quick else table1.Table1Config()
+        results = table1.run(cfg, progress=lambda line: print(line, file=sys.stderr))
+        paths = table1.save(results, a.out)
+        print(table1.markdown(results), end="")
+        print(f"→ {', '.join(map(str, paths))}")
+
+
 # --- serve -------------------------------------------------------------------------------------
 def cmd_serve(a: argparse.Namespace) -> None:
     try:
@@ -415,6 +428,15 @@ def build_parser() -> argparse.ArgumentParser:
     q = ws.add_parser("evaluate", help="WordSim-353, SimLex-999 and the analogy questions (sets from the gensim package)")
     q.add_argument("--vectors", required=True)
     p.set_defaults(func=cmd_word2vec)
+
+    p = sub.add_parser("reproduce", help="the paper's tables measured on this machine (docs/paper.md)")
+    rs = p.add_subparsers(dest="what", metavar="TABLE", required=True)
+    q = rs.add_parser("table1", help="time per layer against n, sequential operations and path length (a few minutes)")
+    q.add_argument("--quick", action="store_true", help="short lengths and d = 64: seconds, for a check")
+    for q in rs.choices.values():
+        q.add_argument("-o", "--out", default="reproduce", help="output directory (default ./reproduce)")
+        q.add_argument("--threads", type=int, default=0, help="CPU threads (0 = PyTorch's default)")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("viz", help="pictures: training curves, positional encoding, attention (PNG)")
     vs = p.add_subparsers(dest="what", metavar="WHAT", required=True)

@@ -81,6 +81,7 @@ class ModelConfig:
     max_positions: int = 1024  # rows of a learned position table; block size of an LM
     n_classes: int = 0  # encoder-only: size of the sequence-classification head (0 = none)
     attention_window: int = 0  # restricted self-attention (Table 1, §7): r positions either side (0 = all)
+    key_size: int = 0  # d_k of queries and keys per head (Table 3 row B); 0 = d_model / n_heads, like d_v
     # The lineage (docs/lineage.md). ngram: interpolated Kneser-Ney; mlp-lm: Bengio et al. 2003 (embeddings of
     # size d_model, d_ff hidden units); rnn-lm: n_decoder_layers recurrent layers of size d_model
     order: int = 3  # ngram, mlp-lm: the next token is predicted from the last order − 1
@@ -95,7 +96,8 @@ class ModelConfig:
 
     @property
     def d_k(self) -> int:
-        return self.d_model // self.n_heads
+        """Size of each head's queries and keys (§3.2.2: d_k = d_v = d_model / h unless ``key_size`` says)."""
+        return self.key_size or self.d_model // self.n_heads
 
     @property
     def target_vocab_size(self) -> int:
@@ -111,7 +113,9 @@ class ModelConfig:
         if attends and self.positional == "sinusoidal" and self.d_model % 2:
             raise ConfigError(f"sinusoidal positions need an even d_model, got {self.d_model}")
         if attends and self.positional == "rope" and self.d_k % 2:
-            raise ConfigError(f"rope positions need an even head size d_model/n_heads, got {self.d_k}")
+            raise ConfigError(f"rope positions need an even head size of queries and keys (d_k), got {self.d_k}")
+        if self.key_size < 0:
+            raise ConfigError(f"key_size must be >= 0 (0 = d_model / n_heads), got {self.key_size}")
         if self.attention_window < 0:
             raise ConfigError(f"attention_window must be >= 0 (0 = full attention), got {self.attention_window}")
         if self.attention_window and not attends:
@@ -180,7 +184,8 @@ def estimate_parameters(cfg: ModelConfig) -> int:
         layers = cfg.n_decoder_layers * gates * (2 * cfg.d_model * cfg.d_model + 2 * cfg.d_model)
         return cfg.vocab_size * cfg.d_model * (1 if cfg.tie != "none" else 2) + layers + cfg.vocab_size
     d, ff = cfg.d_model, cfg.d_ff
-    attn, ffn, ln = 4 * (d * d + d), 2 * d * ff + ff + d, 2 * d
+    qk = cfg.n_heads * cfg.d_k  # = d unless key_size makes the queries and keys smaller (Table 3 B)
+    attn, ffn, ln = 2 * (qk * d + qk) + 2 * (d * d + d), 2 * d * ff + ff + d, 2 * d
     enc = dec = 0
     if cfg.arch in ("encoder-decoder", "encoder-only"):
         enc = cfg.n_encoder_layers * (attn + ffn + 2 * ln)

@@ -191,7 +191,8 @@ def test_export_command(trained):
 
 
 @pytest.mark.parametrize("option,message", [({"positional": "rope"}, "rope"),
-                                            ({"attention_window": 4}, "attention_window=4")])
+                                            ({"attention_window": 4}, "attention_window=4"),
+                                            ({"key_size": 8}, "key_size=8")])
 def test_exporters_refuse_what_their_engines_cannot_compute(tmp_path, option, message):
     """Every target engine adds positions to the embeddings and attends to every position: a rope
     model or one with restricted self-attention is refused clearly, not exported into something that

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aiayn.config import BOS_ID, EOS_ID, PAD_ID, ConfigError, preset
+from aiayn.config import BOS_ID, EOS_ID, PAD_ID, ConfigError, estimate_parameters, preset
 from aiayn.model import (
     DecoderState,
     EncoderModel,
@@ -288,6 +288,13 @@ def test_parameter_counts_against_table_3():
     assert abs(big - 213e6) / 213e6 < 0.02
     bd = parameter_breakdown(build_model(preset("paper-base", vocab_size=37000)))
     assert sum(bd.values()) == base and bd["encoder embedding"] == v * d
+    # Row (B): d_k = 16 and 32 instead of 64 shrink W^Q and W^K of the 18 attention layers; the paper's
+    # 65M → 58M and 60M are drops of 7M and 5M.
+    for d_k, paper_drop in ((16, 7e6), (32, 5e6)):
+        m = build_model(preset("paper-base", vocab_size=37000, key_size=d_k))
+        drop = base - count_parameters(m)
+        assert drop == 18 * 2 * (d * (d - 8 * d_k) + d - 8 * d_k) and abs(drop - paper_drop) < 0.3e6
+        assert count_parameters(m) == estimate_parameters(m.cfg)
 
 
 # --- every option and family member trains ---------------------------------------------------
@@ -295,6 +302,7 @@ OPTIONS = [
     {}, {"norm": "pre"}, {"positional": "learned"}, {"positional": "none"}, {"positional": "rope"}, {"pe_layout": "concat"},
     {"activation": "gelu"}, {"tie": "two_way"}, {"tie": "none"}, {"bias": False},
     {"attn_dropout": 0.1, "act_dropout": 0.1}, {"ln_eps": 1e-5}, {"scale_embeddings": False},
+    {"key_size": 8}, {"key_size": 8, "positional": "rope"}, {"attention_window": 2},
 ]
 
 

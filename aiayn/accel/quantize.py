@@ -83,8 +83,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
             if isinstance(child, nn.Linear):
                 rows: tuple[slice, ...] = ()
                 if isinstance(mod, MultiHeadAttention) and name == "in_proj":
-                    d = mod.d_model
-                    rows = (slice(0, d), slice(d, None))  # queries; keys and values (encoder-decoder attention)
+                    rows = (mod.q_rows, mod.kv_rows)  # queries; keys and values (encoder-decoder attention)
                 setattr(mod, name, Int8Linear(child.weight, child.bias, rows))
             elif isinstance(child, OutputLayer):
                 w = child.tied.weight if child.tied is not None else child.weight

@@ -215,21 +215,25 @@ class MultiHeadAttention(nn.Module):
     """
 
     def __init__(self, d_model: int, n_heads: int, bias: bool = True, dropout: float = 0.0,
-                 rope: Rotary | None = None, window: int = 0) -> None:
+                 rope: Rotary | None = None, window: int = 0, d_k: int = 0) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        self.d_model, self.n_heads, self.d_k = d_model, n_heads, d_model // n_heads
+        self.d_model, self.n_heads = d_model, n_heads
+        self.d_v = d_model // n_heads  # values per head: the heads concatenate back to d_model
+        self.d_k = d_k or self.d_v  # queries and keys per head (smaller: Table 3 row B)
         self.dropout = dropout
         self.window = window  # self-attention restricted to r positions on either side (0: all; Table 1)
         self.rope = rope  # self-attention with rotary positions: rotate q and k by their positions
-        self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias)  # [W^Q; W^K; W^V] for all heads
+        qk = n_heads * self.d_k
+        self.q_rows, self.kv_rows = slice(0, qk), slice(qk, None)  # rows of in_proj: W^Q; W^K and W^V
+        self.in_proj = nn.Linear(d_model, 2 * qk + d_model, bias=bias)  # [W^Q; W^K; W^V] for all heads
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)  # W^O
         self.impl = "sdpa"  # "sdpa" (PyTorch's fused kernel) or "reference" (equation 1 written out)
 
     def _heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
-        return x.view(b, t, self.n_heads, self.d_k).transpose(1, 2)  # (B, h, T, d_k)
+        return x.view(b, t, self.n_heads, -1).transpose(1, 2)  # (B, h, T, d_k or d_v)
 
     def project(self, x: Tensor, rows: slice) -> Tensor:
         """x · W^T for the rows ``rows`` of the stacked [W^Q; W^K; W^V] (e.g. only W^Q, or only W^K and W^V).
@@ -247,7 +251,7 @@ class MultiHeadAttention(nn.Module):
 
     def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values of an encoder output (B, S, d) for encoder-decoder attention."""
-        k, v = self.project(memory, slice(self.d_model, None)).chunk(2, dim=-1)
+        k, v = self.project(memory, self.kv_rows).split([self.q_rows.stop, self.d_model], dim=-1)
         return self._heads(k), self._heads(v)
 
     def forward(
@@ -271,7 +275,8 @@ class MultiHeadAttention(nn.Module):
         (``memory`` may then be None: the keys/values were computed elsewhere, e.g. by an exported encoder).
         """
         if memory is None and not static_kv:
-            q, k, v = (self._heads(t) for t in self.in_proj(x).chunk(3, dim=-1))
+            qk = self.q_rows.stop
+            q, k, v = (self._heads(t) for t in self.in_proj(x).split([qk, qk, self.d_model], dim=-1))
             if self.rope is not None:
                 offset = 0 if cache is None else cache.position  # positions of the new queries and keys
                 q, k = self.rope(q, offset), self.rope(k, offset)
@@ -283,7 +288,7 @@ class MultiHeadAttention(nn.Module):
                     cache.keep_last(self.window)  # the next query looks back r positions at most
                 return out
         else:
-            q = self._heads(self.project(x, slice(0, self.d_model)))
+            q = self._heads(self.project(x, self.q_rows))
             if static_kv and cache is not None and cache.k is not None:
                 k, v = cache.k, cache.v  # type: ignore[assignment]
             else:

@@ -130,7 +130,8 @@ def self_attention(cfg: ModelConfig) -> MultiHeadAttention:
     """Self-attention of a layer; with ``positional: rope`` it rotates queries and keys by position, with
     ``attention_window: r`` each position attends only to the r on either side (restricted, Table 1)."""
     rope = Rotary(cfg.d_k, cfg.rope_base) if cfg.positional == "rope" else None
-    return MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.bias, cfg.attn_dropout, rope, cfg.attention_window)
+    return MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.bias, cfg.attn_dropout, rope, cfg.attention_window,
+                              cfg.key_size)
 
 
 class EncoderLayer(nn.Module):
@@ -157,7 +158,8 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = self_attention(cfg)
         self.res_self = Residual(cfg)
-        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.bias, cfg.attn_dropout) if cross_attention else None
+        self.cross_attn = (MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.bias, cfg.attn_dropout, d_k=cfg.key_size)
+                           if cross_attention else None)
         self.res_cross = Residual(cfg) if cross_attention else None
         self.ffn = FeedForward(cfg)
         self.res_ffn = Residual(cfg)
@@ -196,5 +198,5 @@ def init_linear_weights(module: nn.Module) -> None:
         if isinstance(m, MultiHeadAttention):
             # W^Q, W^K and W^V are three (d, d) matrices stored stacked: initialise each as its own.
             with torch.no_grad():
-                for w in m.in_proj.weight.chunk(3, dim=0):
+                for w in m.in_proj.weight.split([m.q_rows.stop, m.q_rows.stop, m.d_model], dim=0):
                     nn.init.xavier_uniform_(w)
