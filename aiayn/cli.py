@@ -279,6 +279,16 @@ def cmd_reproduce(a: argparse.Namespace) -> None:
         paths = table1.save(results, a.out)
         print(table1.markdown(results), end="")
         print(f"→ {', '.join(map(str, paths))}")
+    elif a.what == "table3":
+        from .reproduce import table3
+
+        cfg = table3.Table3Config(corpus=a.corpus, out=a.out, rows=table3.select_rows(a.rows), steps=a.steps,
+                                  minutes=a.minutes, dev_sentences=a.dev_sentences, vocab_size=a.vocab_size,
+                                  threads=a.threads)
+        results = table3.run(cfg, progress=lambda line: print(line, file=sys.stderr, flush=True))
+        paths = table3.save(results, a.out)
+        print(table3.markdown(results), end="")
+        print(f"→ {', '.join(map(str, paths))}")
 
 
 # --- serve -------------------------------------------------------------------------------------
@@ -433,6 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
     rs = p.add_subparsers(dest="what", metavar="TABLE", required=True)
     q = rs.add_parser("table1", help="time per layer against n, sequential operations and path length (a few minutes)")
     q.add_argument("--quick", action="store_true", help="short lengths and d = 64: seconds, for a check")
+    q = rs.add_parser("table3", help="the variations of the base model at CPU scale, one run per row (resumable)")
+    q.add_argument("--rows", default="all", help="rows (base, A1 … E, big), groups (A … E), comma-separated, or all")
+    q.add_argument("--steps", type=int, default=400, help="training steps per row, the same for every row (big: 3×)")
+    q.add_argument("--minutes", type=float, default=0.0, help="or also a budget of training minutes per row")
+    q.add_argument("--corpus", default="data/bible-es-en", help="a directory with train.tsv and dev.tsv")
+    q.add_argument("--dev-sentences", type=int, default=0, help="dev sentences translated for BLEU (0 = all)")
+    q.add_argument("--vocab-size", type=int, default=8000, help="shared BPE vocabulary of the prepared corpus")
     for q in rs.choices.values():
         q.add_argument("-o", "--out", default="reproduce", help="output directory (default ./reproduce)")
         q.add_argument("--threads", type=int, default=0, help="CPU threads (0 = PyTorch's default)")

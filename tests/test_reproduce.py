@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from aiayn.cli import main
+from aiayn.config import ConfigError, estimate_parameters, load_run_config
 from aiayn.model.conv import ConvLayer
-from aiayn.reproduce import table1
+from aiayn.reproduce import table1, table3
 
 
 @pytest.mark.parametrize("n", [8, 16])
@@ -60,3 +61,57 @@ def test_reproduce_table1_quick_command(tmp_path, capsys):
         main(["reproduce", "table1", "--quick", "-o", str(tmp_path / "mine")])
     assert "not written by `aiayn reproduce`" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+
+
+# --- Table 3 -------------------------------------------------------------------------------------
+def test_rows_are_chosen_by_id_group_or_all():
+    assert table3.select_rows("A") == ("A1", "A2", "A3", "A4")
+    assert table3.select_rows("base, B, E") == ("base", "B1", "B2", "E")
+    assert table3.select_rows("all")[-1] == "big" and len(table3.select_rows("all")) == 20
+    with pytest.raises(ConfigError, match="unknown Table 3 row 'F'"):
+        table3.select_rows("F")
+
+
+def _params(row: str) -> int:
+    r = table3.BY_ID[row]
+    cfg = load_run_config(None, {"model": {**table3.BASE_MODEL, **r.model, "vocab_size": 8000}})
+    return estimate_parameters(cfg.model)
+
+
+def test_rows_change_the_model_as_the_paper_does():
+    base = _params("base")
+    assert all(_params(r) == base for r in ("A1", "A2", "A3", "A4"))  # (A): heads at constant computation
+    assert _params("B1") < _params("B2") < base  # (B): smaller keys
+    assert _params("C1") < _params("C2") < base < _params("C3")  # (C): layers
+    assert _params("C4") < base < _params("C5") and _params("C6") < base < _params("C7")
+    assert _params("big") > _params("C5")
+    for r in table3.ROWS:  # every row is a valid configuration
+        load_run_config(None, {"model": {**table3.BASE_MODEL, **r.model}, "train": {**table3.BASE_TRAIN, **r.train,
+                                                                                    "max_steps": 10}})
+
+
+def test_claims_are_checked_only_where_rows_were_measured():
+    rows = {"base": {"dev_ppl": 10.0, "dev_bleu": 5.0}, "D3": {"dev_ppl": 9.0, "dev_bleu": 4.0},
+            "E": {"dev_ppl": 10.1, "dev_bleu": 5.9}}
+    verdicts = {c["claim"][:40]: c["reproduced"] for c in table3.claims(rows)}
+    assert verdicts["D: label smoothing hurts perplexity (ε_l"] is True
+    assert verdicts["D: … but improves BLEU (ε_ls = 0 has the"] is True
+    assert verdicts["E: learned positional embeddings give ne"] is False  # 0.9 BLEU apart
+    assert verdicts["A: single-head attention is worse than t"] is None
+
+
+def test_reproduce_table3_trains_a_row_and_resumes(toy_corpus, tmp_path, capsys):
+    corpus = toy_corpus["train"].parent
+    args = ["reproduce", "table3", "--rows", "A1", "--steps", "20", "--corpus", str(corpus), "--vocab-size", "120",
+            "--dev-sentences", "5", "-o", str(tmp_path / "r")]
+    main(args)
+    out = capsys.readouterr()
+    result = json.loads((tmp_path / "r" / "table3" / "A1" / "result.json").read_text())
+    assert result["steps"] == 20 and result["dev_ppl"] > 1 and 0 <= result["dev_bleu"] <= 100
+    assert "| A1 | h=1, d_k=d_v=512 | 5.29 | 24.9 |" in out.out
+    assert json.loads((tmp_path / "r" / "table3.json").read_text())["rows"]["A1"]["steps"] == 20
+    main(args)  # finished rows are skipped
+    assert "A1 done before" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the same directory with another budget would mix two tables
+        main([a if a != "20" else "30" for a in args])
+    assert "measured with another budget" in capsys.readouterr().err
