@@ -279,6 +279,15 @@ def cmd_reproduce(a: argparse.Namespace) -> None:
         paths = table1.save(results, a.out)
         print(table1.markdown(results), end="")
         print(f"→ {', '.join(map(str, paths))}")
+    elif a.what == "table2":
+        from .reproduce import table2
+
+        cfg2 = table2.Table2Config(corpus=a.corpus, out=a.out, systems=table2.select_systems(a.systems), minutes=a.minutes,
+                                   test_sentences=a.test_sentences, vocab_size=a.vocab_size, threads=a.threads)
+        results = table2.run(cfg2, progress=lambda line: print(line, file=sys.stderr, flush=True))
+        paths = table2.save(results, a.out)
+        print(table2.markdown(results), end="")
+        print(f"→ {', '.join(map(str, paths))}")
     elif a.what == "table3":
         from .reproduce import table3
 
@@ -443,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     rs = p.add_subparsers(dest="what", metavar="TABLE", required=True)
     q = rs.add_parser("table1", help="time per layer against n, sequential operations and path length (a few minutes)")
     q.add_argument("--quick", action="store_true", help="short lengths and d = 64: seconds, for a check")
+    q = rs.add_parser("table2", help="test BLEU against training FLOPs: recurrent baselines and Transformers, equal minutes")
+    q.add_argument("--systems", default="all", help="rnn-seq2seq, rnnsearch, transformer-base, transformer-big, or all")
+    q.add_argument("--minutes", type=float, default=10.0, help="training minutes of every system (default 10)")
+    q.add_argument("--corpus", default="data/bible-es-en", help="a directory with train.tsv, dev.tsv and test.tsv")
+    q.add_argument("--test-sentences", type=int, default=0, help="test sentences translated (0 = all)")
+    q.add_argument("--vocab-size", type=int, default=8000, help="shared BPE vocabulary of the prepared corpus")
     q = rs.add_parser("table3", help="the variations of the base model at CPU scale, one run per row (resumable)")
     q.add_argument("--rows", default="all", help="rows (base, A1 … E, big), groups (A … E), comma-separated, or all")
     q.add_argument("--steps", type=int, default=400, help="training steps per row, the same for every row (big: 3×)")

@@ -11,7 +11,7 @@ import torch
 from aiayn.cli import main
 from aiayn.config import ConfigError, estimate_parameters, load_run_config
 from aiayn.model.conv import ConvLayer
-from aiayn.reproduce import table1, table3
+from aiayn.reproduce import table1, table2, table3
 
 
 @pytest.mark.parametrize("n", [8, 16])
@@ -115,3 +115,47 @@ def test_reproduce_table3_trains_a_row_and_resumes(toy_corpus, tmp_path, capsys)
     with pytest.raises(SystemExit):  # the same directory with another budget would mix two tables
         main([a if a != "20" else "30" for a in args])
     assert "measured with another budget" in capsys.readouterr().err
+
+
+# --- Table 2 -------------------------------------------------------------------------------------
+def test_lstm_flops_are_counted_by_the_added_rule():
+    lstm = torch.nn.LSTM(16, 32, batch_first=True)
+    x = torch.randn(3, 10, 16)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten.mkldnn_rnn_layer: table2._rnn_layer_flops})
+    with counter:
+        lstm(x)
+    assert counter.get_total_flops() == 2 * 3 * 10 * (4 * 32 * 16 + 4 * 32 * 32)
+
+
+def test_transformer_flops_match_the_matrix_products():
+    # A forward pass of a linear layer on t tokens is 2·t·in·out FLOPs; backward twice that.
+    from aiayn.config import preset
+    from aiayn.model import Transformer
+
+    model = Transformer(preset("tiny", n_encoder_layers=1, n_decoder_layers=1))
+    src, tgt_in, tgt_out = torch.randint(4, 64, (2, 5)), torch.randint(4, 64, (2, 4)), torch.randint(4, 64, (2, 4))
+    flops, tokens = table2.count_training_flops(model, [(src, tgt_in, tgt_out)])
+    assert tokens == 8
+    d, ff, v, s, t = 64, 128, 64, 10, 8  # model size; source and target positions in the batch
+    linear = (4 * d * d + 2 * d * ff) * s + (4 * d * d + 4 * d * d + 2 * d * ff) * t + d * v * t
+    attention = 2 * 5 * 5 * d * 2 + 2 * 4 * 4 * d * 2 + 2 * 4 * 5 * d * 2  # QKᵀ and AV per sentence: enc, dec, cross
+    assert flops >= 3 * 2 * linear  # every matrix product forward and backward (more where inputs need gradients)
+    assert flops <= 3 * 2 * (linear + attention) * 1.01
+
+
+def test_reproduce_table2_runs_and_counts(toy_corpus, tmp_path, capsys):
+    corpus = toy_corpus["train"].parent
+    main(["reproduce", "table2", "--systems", "rnnsearch,transformer-base", "--minutes", "0.03", "--corpus", str(corpus),
+          "--vocab-size", "120", "--test-sentences", "5", "-o", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "r" / "table2.json").read_text())
+    assert set(results["rows"]) == {"rnnsearch", "transformer-base"}
+    for r in results["rows"].values():
+        assert r["steps"] >= 1 and r["flops_counted"] > 0 and r["flops_paper_way"] > 0
+    assert "| Transformer (big) | 28.4 | 41.8 | 2.3e+19 | 2.3e+19 |" in out
+    with pytest.raises(SystemExit):
+        main(["reproduce", "table2", "--systems", "lstm"])
+    assert "unknown Table 2 system lstm" in capsys.readouterr().err
