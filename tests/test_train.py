@@ -241,3 +241,24 @@ def test_tiny_translation_model_learns(tmp_path):
     result = train(run)
     assert result["val_loss"] < 1.0 and math.isfinite(result["val_loss"])
     assert result["val_bleu"] > 30
+
+
+def test_float16_training_scales_the_loss_skips_overflows_and_resumes_the_scale(toy_data, tmp_path):
+    """train.dtype: float16 uses a GradScaler (CPU autocast here; the same code on CUDA): an update whose
+    gradients overflow is skipped and the scale halves; the scale is saved and resumed."""
+    tr = Trainer(run_cfg(toy_data, tmp_path / "fp16", dtype="float16", max_steps=4, save_every=2), resume=False)
+    assert tr.scaler.is_enabled()
+    tr.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)  # large enough to overflow float16 gradients
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    tr.train_step()
+    assert tr.skipped_updates == 1 and tr.scaler.get_scale() == 2.0**39
+    assert all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))  # nothing was applied
+    tr.scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    s = tr.train_step()
+    assert math.isfinite(s["loss"]) and tr.skipped_updates == 1
+    assert not all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
+    tr.save()
+    again = Trainer(run_cfg(toy_data, tmp_path / "fp16", dtype="float16", max_steps=4, save_every=2))
+    assert again.step == 2 and again.scaler.get_scale() == tr.scaler.get_scale()
+    assert "grad_scaler" in load_trainer_state(tmp_path / "fp16" / "checkpoints" / "step_0000002")
+    assert not Trainer(run_cfg(toy_data, tmp_path / "fp32"), resume=False).scaler.is_enabled()

@@ -82,6 +82,11 @@ class Trainer:
             for line in accelerate(self.model, training=True):
                 log.info("accelerate: %s", line)
         self.optimizer = make_optimizer(self.model, self._lr(1), cfg.adam_betas, cfg.adam_eps, cfg.weight_decay, cfg.optimizer)
+        # float16 has a narrow range: the loss is scaled up before backward so that small gradients do not
+        # underflow, and an update whose gradients overflowed is skipped (the scale then halves).
+        # bfloat16 has float32's range and needs none of this.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.dtype == "float16")
+        self.skipped_updates = 0
         self.feed = Feed(run, self.kind, manifest["splits"])
         if resume:
             self._maybe_resume()
@@ -143,13 +148,20 @@ class Trainer:
                 loss, nll, n = self._loss(batch)
                 # Gradient of (sum of token losses of the update) / (its tokens). DDP averages over
                 # processes, hence × world.
-                (loss * self.world / total_tokens).backward()
+                self.scaler.scale(loss * self.world / total_tokens).backward()
             loss_sum += loss.item()
             nll_sum += nll.item()
             tokens += n
         if self.cfg.clip_norm > 0:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
-        self.optimizer.step()
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        self.scaler.step(self.optimizer)  # without float16: optimizer.step()
+        self.scaler.update()
+        if self.scaler.is_enabled() and self.scaler.get_scale() < scale:  # inf/nan gradients: the update was skipped
+            self.skipped_updates += 1
+            log.warning("step %d: float16 gradients overflowed; update skipped, loss scale now %g", self.step + 1,
+                        self.scaler.get_scale())
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         stats = torch.tensor([loss_sum, nll_sum, float(tokens)], dtype=torch.float64)
@@ -194,8 +206,11 @@ class Trainer:
 
     def _trainer_state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
         """What resuming needs besides the weights; ``rng``: every process's random state (its rank's)."""
-        return {"optimizer": self.optimizer.state_dict(), "step": self.step, "elapsed": self.elapsed,
-                "best_loss": self.best_loss, "rank_rng": rng, **self.feed.state_dict()}
+        state = {"optimizer": self.optimizer.state_dict(), "step": self.step, "elapsed": self.elapsed,
+                 "best_loss": self.best_loss, "rank_rng": rng, **self.feed.state_dict()}
+        if self.scaler.is_enabled():
+            state["grad_scaler"] = self.scaler.state_dict()
+        return state
 
     def save(self, metrics: dict[str, float] | None = None) -> Path | None:
         """Write checkpoints/step_N (every process takes part; rank 0 writes), point latest.json at it,
@@ -220,6 +235,8 @@ class Trainer:
             return
         st = restore_checkpoint(path, self.model)
         self.optimizer.load_state_dict(st["optimizer"])
+        if self.scaler.is_enabled() and "grad_scaler" in st:
+            self.scaler.load_state_dict(st["grad_scaler"])
         self.feed.load_state_dict(st)
         self.step, self.elapsed, self.best_loss = st["step"], st["elapsed"], st["best_loss"]
         # Checkpoints written before rank_rng kept one process's state at the top level.
