@@ -572,6 +572,7 @@ class TrainConfig:
     accelerate: bool = True  # CPU fast paths measured on this machine (aiayn.accel); false = the plain model
     compile: bool = False
     seed: int = 1234
+    init_from: str = ""  # fine-tuning: a model directory whose weights (and model config) the run starts from
 
     def __post_init__(self) -> None:
         self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]  # a YAML list
@@ -611,6 +612,21 @@ class RunConfig:
         return d
 
 
+def _fine_tuned_model(directory: str, model_raw: dict[str, Any]) -> dict[str, Any]:
+    """``train.init_from``: the model is the one in ``directory`` (its config.json), with only the fields
+    the run's ``model:`` section names changed (dropout, say). Its weights are loaded by the trainer."""
+    import json
+
+    if "preset" in model_raw:
+        raise ConfigError(f"model.preset with train.init_from: the model comes from {directory}; set only the fields "
+                          "to change (e.g. model.dropout)")
+    try:
+        base = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))["model"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"train.init_from: {directory} is not a model directory aiayn wrote ({e})") from None
+    return {**base, **model_raw}
+
+
 def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """A run's configuration from a YAML file (``model:`` and ``train:`` sections) plus overrides.
 
@@ -630,6 +646,9 @@ def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | 
     if unknown:
         raise ConfigError(f"{path or 'config'}: unknown section(s) {', '.join(unknown)}; sections: model, train")
     model_raw = dict(raw.get("model") or {})
+    init_from = (raw.get("train") or {}).get("init_from")
+    if init_from:
+        model_raw = _fine_tuned_model(str(init_from), model_raw)
     name = model_raw.pop("preset", None)
     model = preset(name, **model_raw) if name else from_dict(ModelConfig, model_raw, where="model")
     train = from_dict(TrainConfig, dict(raw.get("train") or {}), where="train")

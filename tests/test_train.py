@@ -262,3 +262,30 @@ def test_float16_training_scales_the_loss_skips_overflows_and_resumes_the_scale(
     assert again.step == 2 and again.scaler.get_scale() == tr.scaler.get_scale()
     assert "grad_scaler" in load_trainer_state(tmp_path / "fp16" / "checkpoints" / "step_0000002")
     assert not Trainer(run_cfg(toy_data, tmp_path / "fp32"), resume=False).scaler.is_enabled()
+
+
+def test_fine_tuning_starts_from_a_model_with_a_fresh_optimizer(toy_data, toy_corpus, tmp_path):
+    train(run_cfg(toy_data, tmp_path / "pre", max_steps=3, save_every=3, dropout=0.0))
+    source = tmp_path / "pre" / "checkpoints" / "step_0000003"
+    # No model section: the architecture comes from the model directory; dropout is changed for fine-tuning.
+    run = load_run_config(None, {"model": {"dropout": 0.2}, "train": {
+        "data": str(toy_data), "out": str(tmp_path / "ft"), "init_from": str(source), "max_steps": 2, "warmup": 20,
+        "max_tokens": 300, "eval_every": 1000, "save_every": 1000, "eval_bleu_sentences": 0, "threads": 1}})
+    assert (run.model.d_model, run.model.dropout) == (32, 0.2)
+    tr = Trainer(run)
+    pretrained, _, _ = load_model_dir(source)
+    assert all(torch.equal(a, b) for a, b in zip(tr.model.state_dict().values(), pretrained.state_dict().values()))
+    assert tr.step == 0 and not tr.optimizer.state  # a fresh optimizer and schedule
+    tr.fit()
+    assert Trainer(run).step == 2  # a fine-tuning run resumes from its own checkpoint, not from init_from
+
+    with pytest.raises(ConfigError, match="model.preset with train.init_from"):
+        load_run_config(None, {"model": {"preset": "tiny"}, "train": {"init_from": str(source)}})
+    with pytest.raises(ConfigError, match="not a model directory"):
+        load_run_config(None, {"train": {"init_from": str(tmp_path)}})
+    from aiayn.data.prepare import PrepareConfig, prepare
+
+    other = tmp_path / "other-data"
+    prepare(PrepareConfig(train=str(toy_corpus["train"]), out=str(other), vocab_size=100))
+    with pytest.raises(ConfigError, match="uses another vocabulary .* --spm-model"):
+        Trainer(load_run_config(None, {"train": {"data": str(other), "out": str(tmp_path / "x"), "init_from": str(source)}}))

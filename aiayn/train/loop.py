@@ -62,6 +62,8 @@ class Trainer:
         manifest = load_manifest(cfg.data)
         self.kind = manifest["kind"]
         self.vocab = load_vocab(cfg.data)
+        if cfg.init_from:
+            _check_same_vocabulary(cfg.init_from, cfg.data)
         m = run.model
         if self.kind == "parallel" and m.arch not in TRANSLATION_MODELS:
             raise ConfigError(f"parallel data needs a translation model ({', '.join(TRANSLATION_MODELS)}), not {m.arch}")
@@ -88,6 +90,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.dtype == "float16")
         self.skipped_updates = 0
         self.feed = Feed(run, self.kind, manifest["splits"])
+        resuming = resume and latest_checkpoint(self.out) is not None
+        if cfg.init_from and not resuming:  # a resumed fine-tuning run continues from its own checkpoint
+            self._init_from(cfg.init_from)
         if resume:
             self._maybe_resume()
         self.train_model: nn.Module = self.model
@@ -101,6 +106,19 @@ class Trainer:
     @property
     def epoch(self) -> int:
         return self.feed.epoch
+
+    def _init_from(self, directory: str) -> None:
+        """Fine-tuning: start from the weights of a model directory (verified on load), with this run's fresh
+        optimizer and schedule."""
+        from .checkpoint import load_model_dir
+
+        source, _, _ = load_model_dir(directory)
+        try:
+            self.model.load_state_dict(source.state_dict())
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[-1].strip()
+            raise ConfigError(f"train.init_from: {directory}'s weights do not fit this model ({first})") from None
+        log.info("initialised from %s (fine-tuning: fresh optimizer and learning-rate schedule)", directory)
 
     # --- schedule -------------------------------------------------------------------------
     def _lr(self, step: int) -> float:
@@ -324,6 +342,20 @@ class Trainer:
                 save_model_dir(self.out / "best", self.model, self.run.model, self.vocab,
                                {"step": self.step, "metrics": metrics}, overwrite=True)
         return metrics
+
+
+def _check_same_vocabulary(model_dir: str, data_dir: str) -> None:
+    """A fine-tuned model must read the data with the vocabulary it was trained with."""
+    try:
+        theirs = load_vocab(model_dir)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"train.init_from: {model_dir}: cannot load its vocabulary ({e})") from None
+    ours = load_vocab(data_dir)
+    if type(theirs) is not type(ours) or theirs.pieces(range(len(theirs))) != ours.pieces(range(len(ours))):
+        hint = (f"prepare it with --spm-model {model_dir}/{theirs.filename}" if theirs.filename == "spm.model"
+                else "prepare it with the same vocabulary")
+        raise ConfigError(f"train.init_from: the data in {data_dir} uses another vocabulary than {model_dir} "
+                          f"({len(ours):,} against {len(theirs):,} entries); {hint}")
 
 
 class TrainingDiverged(RuntimeError):
