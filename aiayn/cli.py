@@ -99,10 +99,11 @@ def _decode_cfg(a: argparse.Namespace):
     return options_from(DecodeConfig, a)
 
 
-def _load(path: str):
+def _load(path: str, device: str = "cpu"):
+    from .runtime import pick_device
     from .train.checkpoint import load_model_dir
 
-    return load_model_dir(path)
+    return load_model_dir(path, pick_device(device))
 
 
 def _arch(config: dict) -> str:
@@ -116,7 +117,7 @@ def cmd_translate(a: argparse.Namespace) -> None:
     from .decode.translate import BadInput, Translator
 
     _threads(a.threads)
-    model, vocab, config = _load(a.model)
+    model, vocab, config = _load(a.model, a.device)
     if _arch(config) not in TRANSLATION_MODELS:
         _die(f"{a.model} is a {_arch(config)} model; use `aiayn generate` for language models")
     if a.chunk < 1:
@@ -163,7 +164,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     if a.output and Path(a.output).is_dir():
         _die(f"--output {a.output}: is a directory; give a file name for the translations")
     _threads(a.threads)
-    model, vocab, config = _load(a.model)
+    model, vocab, config = _load(a.model, a.device)
     if _arch(config) in LANGUAGE_MODELS:
         from .evaluate import evaluate_lm_text
 
@@ -188,7 +189,7 @@ def cmd_generate(a: argparse.Namespace) -> None:
     from .decode.sampling import SampleConfig, generate_text
 
     _threads(a.threads)
-    model, vocab, config = _load(a.model)
+    model, vocab, config = _load(a.model, a.device)
     if _arch(config) not in LANGUAGE_MODELS:
         _die(f"{a.model} is not a language model (arch {_arch(config)}); use `aiayn translate`")
     if a.prompt is not None and a.prompt_file:
@@ -310,7 +311,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
         log.warning("listening on %s: reachable from other machines", a.host)
     from .options import options_from
 
-    serve(a.model, a.host, a.port, a.threads, options_from(Limits, a))
+    serve(a.model, a.host, a.port, a.threads, options_from(Limits, a), a.device)
 
 
 # --- export ------------------------------------------------------------------------------------
@@ -347,7 +348,7 @@ def cmd_demo(a: argparse.Namespace) -> None:
     from .demo import run_demo
 
     _threads(a.threads)
-    run_demo(a.model, a.n)
+    run_demo(a.model, a.n, device=a.device)
 
 
 def _decode_args(p: argparse.ArgumentParser, nbest: bool = False) -> None:
@@ -357,6 +358,11 @@ def _decode_args(p: argparse.ArgumentParser, nbest: bool = False) -> None:
     names = ["beam", "alpha", "max_len_a", "max_len_b", "max_tokens", "compute_type"] + (["nbest"] if nbest else [])
     add_options(p.add_argument_group("search (§6.1)"), DecodeConfig, names)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = PyTorch's default)")
+    _device_arg(p)
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or cuda:N")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model directory (default: the shipped models/bible-es-en)")
     p.add_argument("--n", type=int, default=100, help="test verses to score")
     p.add_argument("--threads", type=int, default=0)
+    _device_arg(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("params", help="count a preset's parameters (per component, total on the last line)")
@@ -433,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", help="cut the text before this string (repeatable)")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--threads", type=int, default=0)
+    _device_arg(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("word2vec", help="word vectors (CBOW, skip-gram): train, nearest words and analogies, evaluate")
@@ -493,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="default: this machine only")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--threads", type=int, default=0)
+    _device_arg(p)
     add_options(p.add_argument_group("limits"), Limits)
     p.set_defaults(func=cmd_serve)
 

@@ -433,8 +433,8 @@ class DecodeConfig:
     nbest: int = option(1, "the n best translations of each input")
     max_tokens: int = option(4096, "source tokens per decoding batch (padding included)")
     max_input_tokens: int = 1024  # longer inputs are an error
-    compute_type: Literal["float32", "bfloat16", "int8"] = option(
-        "float32", "float32 weights, a bfloat16 copy, or int8 linear layers (CPU; aiayn.accel.quantize)")
+    compute_type: Literal["float32", "bfloat16", "float16", "int8"] = option(
+        "float32", "float32 weights, a bfloat16 copy, int8 linear layers (CPU; aiayn.accel.quantize) or float16 (GPU)")
 
     def __post_init__(self) -> None:
         _check_literals(self)

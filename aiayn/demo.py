@@ -34,7 +34,7 @@ def shipped_test_file() -> Path | None:
     return None
 
 
-def run_demo(model_dir: str | None = None, n: int = 100, out=sys.stdout) -> dict:
+def run_demo(model_dir: str | None = None, n: int = 100, out=sys.stdout, device: str = "cpu") -> dict:
     from .decode.translate import Translator
     from .evaluate import read_test_pairs, score_translations
     from .model import count_parameters
@@ -42,7 +42,9 @@ def run_demo(model_dir: str | None = None, n: int = 100, out=sys.stdout) -> dict
 
     path = Path(model_dir) if model_dir else shipped_model_dir()
     t0 = time.perf_counter()
-    model, vocab, config = load_model_dir(path)
+    from .runtime import pick_device
+
+    model, vocab, config = load_model_dir(path, pick_device(device))
     tr = Translator(model, vocab)  # the paper's search: beam 4, α = 0.6, max length source + 50
     print(f"model {path} ({count_parameters(model):,} parameters, step {config.get('step', '?')}), beam 4, α 0.6", file=out)
     print(file=out)

@@ -48,7 +48,7 @@ def read_test_pairs(path: str | Path, limit: int = 0) -> tuple[list[str], list[s
 
 
 def evaluate_translation(model, vocab, test: str | Path, decode: DecodeConfig | None = None,
-                         limit: int = 0, device: str = "cpu") -> tuple[dict, list[str]]:
+                         limit: int = 0, device: str | None = None) -> tuple[dict, list[str]]:
     src, ref = read_test_pairs(test, limit)
     hyps = Translator(model, vocab, decode, device).translate(src)
     return score_translations(hyps, ref), hyps
@@ -139,4 +139,4 @@ def evaluate_lm_text(model, vocab, path: str | Path, tail_fraction: float = 0.0,
     if tail_fraction:
         text = text[int(len(text) * (1 - tail_fraction)) :]
     ids = np.asarray(encode_lm_text(vocab, text))
-    return lm_loss(model, ids, block_size or model.cfg.max_positions)
+    return lm_loss(model, ids, block_size or model.cfg.max_positions, device=next(model.parameters()).device)

@@ -41,6 +41,28 @@ def keep_freed_memory() -> bool:
     return _done
 
 
+def pick_device(name: str = "auto"):
+    """``auto`` (a GPU if PyTorch sees one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N`` as a
+    :class:`torch.device`; a GPU that is not there is a one-line ``ValueError``, not a CUDA traceback."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this PyTorch has no CUDA support" if not torch.backends.cuda.is_built() else "no GPU is visible"
+            raise ValueError(f"device {name}: CUDA is not available here ({why}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name}: there are {torch.cuda.device_count()} GPU(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
+    return device
+
+
 def configure_process(threads: int = 0) -> None:
     """What an aiayn process sets once at start: keep freed memory (above) and, when ``threads`` > 0, the
     number of CPU threads PyTorch uses."""

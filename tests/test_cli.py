@@ -106,3 +106,37 @@ def test_options_come_from_the_configuration_fields():
         ap.parse_args(["prepare", "--out", "o"])  # --train is required: the field has no default
     helps = {x.dest: x.help for x in ap._subparsers._group_actions[0].choices["generate"]._actions}
     assert helps["temperature"].startswith("divides the logits") and "(default 0.8)" in helps["temperature"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message where there is no GPU")
+def test_device_selection_errors_are_one_line(tmp_path):
+    model = str(ROOT / "models" / "bible-es-en")
+    ok = aiayn("translate", "--model", model, "--device", "cpu", "--beam", "1", stdin="Dios\n")
+    assert ok.stdout.count("\n") == 1
+    for args, message in ((["--device", "cuda"], "aiayn: error: device cuda: CUDA is not available here"),
+                          (["--device", "tpu"], "aiayn: error: device 'tpu': expected auto, cpu, cuda or cuda:N"),
+                          (["--compute-type", "float16"], "aiayn: error: float16 decoding is for GPUs")):
+        r = aiayn("translate", "--model", model, *args, stdin="Dios\n", check=False)
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(message), r.stderr
+        assert "Traceback" not in r.stderr
+    for command in (["generate", "--model", str(ROOT / "models" / "shakespeare-char")], ["demo"], ["serve", "--model", model],
+                    ["evaluate", "--model", model, "--test", "x"]):
+        r = aiayn(*command, "--device", "cuda:1", check=False)
+        assert r.returncode == 2 and "CUDA is not available" in r.stderr, (command, r.stderr)
+
+
+def test_low_precision_copies_stay_on_their_device():
+    """int8 is a CPU path and float16 a GPU one: each refuses the other device in one sentence (a model
+    on the meta device stands in for a GPU one here)."""
+    import torch
+
+    from aiayn.accel.quantize import lower_precision
+    from aiayn.config import preset
+    from aiayn.model import Transformer
+
+    off_cpu = Transformer(preset("tiny")).to("meta")
+    with pytest.raises(ValueError, match="int8 decoding runs on the CPU"):
+        lower_precision(off_cpu, "int8")
+    assert next(lower_precision(off_cpu, "float16").parameters()).dtype == torch.float16
+    with pytest.raises(ValueError, match="float16 decoding is for GPUs"):
+        lower_precision(Transformer(preset("tiny")), "float16")

@@ -151,10 +151,12 @@ def accelerate(model: nn.Module, choice: Choices | None = None, training: bool =
 
 
 def for_inference(model: nn.Module, compute_type: ComputeType = "float32") -> nn.Module:
-    """The model to decode with, accelerated for decoding: the model itself (float32), a bf16 copy, or an
-    int8 copy. A model accelerated for training (being trained) is used as it is."""
+    """The model to decode with, on its device: the model itself (float32), a bf16 copy, an int8 copy (CPU)
+    or a float16 copy (GPU); on the CPU accelerated for decoding (a model accelerated for training, being
+    trained, is used as it is)."""
     m = lower_precision(model, compute_type)
-    accelerate(m)
+    if next(m.parameters()).device.type == "cpu":
+        accelerate(m)
     return m
 
 

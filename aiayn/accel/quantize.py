@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..model.attention import MultiHeadAttention
 from ..model.transformer import OutputLayer
 
-ComputeType = Literal["float32", "bfloat16", "int8"]
+ComputeType = Literal["float32", "bfloat16", "float16", "int8"]
 
 
 @functools.cache
@@ -92,9 +92,18 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 
 def lower_precision(model: nn.Module, compute_type: ComputeType = "float32") -> nn.Module:
-    """The model to decode with: itself (float32), a bf16 copy, or an int8 copy."""
+    """The model to decode with: itself (float32), a bf16 or (on a GPU) float16 copy, or (on the CPU) an
+    int8 copy."""
+    on_cpu = next(model.parameters()).device.type == "cpu"
     if compute_type == "float32":
         return model.eval()
+    if compute_type == "float16":
+        if on_cpu:
+            raise ValueError("float16 decoding is for GPUs; on the CPU use --compute-type bfloat16 or int8")
+        return copy.deepcopy(model).to(torch.float16).eval()
+    if compute_type == "int8" and not on_cpu:
+        raise ValueError("int8 decoding runs on the CPU (PyTorch's dynamic quantization); on a GPU use "
+                         "--compute-type float16 or bfloat16")
     if compute_type == "bfloat16":
         return copy.deepcopy(model).to(torch.bfloat16).eval()
     if compute_type == "int8":

@@ -33,18 +33,18 @@ def _pick(logits: Tensor, cfg: SampleConfig, gen: torch.Generator | None) -> Ten
     return torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(-1)
 
 
-def _generator(cfg: SampleConfig) -> torch.Generator | None:
+def _generator(cfg: SampleConfig, device: torch.device) -> torch.Generator | None:
     if cfg.seed is None:
         return None
-    return torch.Generator().manual_seed(cfg.seed)
+    return torch.Generator(device=device).manual_seed(cfg.seed)
 
 
 @torch.no_grad()
 def generate(model, prompt: Tensor, cfg: SampleConfig, block_size: int | None = None) -> Tensor:
     """prompt (B, T) → (B, T + max_new_tokens), with a key/value cache while the context fits."""
     block = block_size or model.block_size
-    gen = _generator(cfg)
-    ids = prompt
+    ids = prompt.to(next(model.parameters()).device)
+    gen = _generator(cfg, ids.device)
     state = model.start()
     logits = model.step(ids[:, -block:], state)[:, -1]
     for _ in range(cfg.max_new_tokens):
@@ -61,8 +61,8 @@ def generate(model, prompt: Tensor, cfg: SampleConfig, block_size: int | None = 
 def generate_uncached(model, prompt: Tensor, cfg: SampleConfig, block_size: int | None = None) -> Tensor:
     """The reference: every step runs the model over the last ``block_size`` tokens (nanoGPT)."""
     block = block_size or model.block_size
-    gen = _generator(cfg)
-    ids = prompt
+    ids = prompt.to(next(model.parameters()).device)
+    gen = _generator(cfg, ids.device)
     for _ in range(cfg.max_new_tokens):
         nxt = _pick(model(ids[:, -block:])[:, -1], cfg, gen)
         ids = torch.cat([ids, nxt[:, None]], dim=1)
@@ -74,7 +74,7 @@ def generate_text(model, vocab, prompt: str, cfg: SampleConfig, stop: list[str] 
     if any(not s for s in stop or []):
         raise ValueError("a stop string must not be empty")
     ids = vocab.encode(prompt) or [EOS_ID]  # an empty prompt starts from </s> (a document boundary)
-    out = generate(model, torch.tensor([ids]), cfg)[0, len(ids) :].tolist()
+    out = generate(model, torch.tensor([ids]), cfg)[0, len(ids) :].tolist()  # on the model's device
     text = vocab.decode(out)
     for s in stop or []:
         cut = text.find(s)

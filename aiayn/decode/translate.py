@@ -38,12 +38,13 @@ def unusable_character(text: str) -> str | None:
 class Translator:
     """Translate strings with a :class:`~aiayn.model.Transformer` and its vocabulary."""
 
-    def __init__(self, model, vocab, cfg: DecodeConfig | None = None, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model, vocab, cfg: DecodeConfig | None = None, device: str | torch.device | None = None) -> None:
+        """``device``: where to decode (default: where the model is; the model is moved there)."""
         from ..accel import for_inference
 
         self.vocab, self.cfg = vocab, cfg or DecodeConfig()
-        self.model = for_inference(model, self.cfg.compute_type)
-        self.device = torch.device(device)
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = for_inference(model.to(self.device), self.cfg.compute_type)
         if self.cfg.nbest > max(self.cfg.beam, 1):
             raise ValueError(f"nbest ({self.cfg.nbest}) cannot exceed the beam size ({self.cfg.beam})")
 

@@ -108,14 +108,16 @@ class Service:
     are recorded per call (:func:`aiayn.model.recording_attention`), never by changing the shared model.
     """
 
-    def __init__(self, model_dir: str | Path, limits: Limits | None = None) -> None:
+    def __init__(self, model_dir: str | Path, limits: Limits | None = None, device: str = "cpu") -> None:
         from ..accel import accelerate
         from ..model import count_parameters
+        from ..runtime import pick_device
         from ..train.checkpoint import load_model_dir, model_arch
 
         self.model_dir = Path(model_dir)
-        self.model, self.vocab, self.config = load_model_dir(model_dir)
-        accelerate(self.model)  # once, before any request (aiayn.accel)
+        self.model, self.vocab, self.config = load_model_dir(model_dir, pick_device(device))
+        if next(self.model.parameters()).device.type == "cpu":
+            accelerate(self.model)  # once, before any request (aiayn.accel)
         self.arch = model_arch(self.config)
         self.n_params = count_parameters(self.model)
         self.limits = limits or Limits()
@@ -360,8 +362,8 @@ async def _too_large(send: Any, max_bytes: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(model_dir: str | Path, limits: Limits | None = None) -> FastAPI:
-    service = Service(model_dir, limits)
+def create_app(model_dir: str | Path, limits: Limits | None = None, device: str = "cpu") -> FastAPI:
+    service = Service(model_dir, limits, device)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -424,7 +426,8 @@ def create_app(model_dir: str | Path, limits: Limits | None = None) -> FastAPI:
     return app
 
 
-def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, threads: int = 0, limits: Limits | None = None) -> None:
+def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, threads: int = 0, limits: Limits | None = None,
+          device: str = "cpu") -> None:
     import uvicorn
 
     from ..runtime import configure_process
@@ -432,5 +435,5 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, threads: in
     configure_process(threads)
     # On SIGTERM or Ctrl-C uvicorn stops accepting connections, lets in-flight requests finish (up to
     # timeout_graceful_shutdown seconds), then runs the app's shutdown.
-    uvicorn.run(create_app(model_dir, limits), host=host, port=port, log_level="info",
+    uvicorn.run(create_app(model_dir, limits, device), host=host, port=port, log_level="info",
                 timeout_graceful_shutdown=(limits or Limits()).timeout_s)

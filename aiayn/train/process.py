@@ -57,9 +57,9 @@ class Processes:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    from ..runtime import pick_device as pick
+
+    return pick(name)
 
 
 def autocast_context(device: torch.device, dtype: str):
