@@ -184,6 +184,23 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     print(json.dumps({k: scores[k] for k in ("bleu", "chrf", "signature", "chrf_signature", "n")}))
 
 
+# --- score -------------------------------------------------------------------------------------
+def cmd_score(a: argparse.Namespace) -> None:
+    import aiayn
+
+    from .evaluate import read_test_pairs
+
+    _threads(a.threads)
+    model = aiayn.load(a.model, a.device)
+    sources, targets = read_test_pairs(a.test)
+    total = 0.0
+    for i in range(0, len(sources), a.batch):
+        for logp in model.score(sources[i : i + a.batch], targets[i : i + a.batch]):
+            print(f"{logp:.4f}")
+            total += logp
+    print(f"{a.test}: {len(sources)} pairs, total log P {total:.2f} nats", file=sys.stderr)
+
+
 # --- generate ----------------------------------------------------------------------------------
 def cmd_generate(a: argparse.Namespace) -> None:
     from .decode.sampling import SampleConfig, generate_text
@@ -431,6 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="language model: score only the last fraction of the text (0.1 = nanoGPT's validation split)")
     _decode_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("score", help="forced decoding: log P(target | source) in nats of each pair of a test file")
+    p.add_argument("--model", required=True)
+    p.add_argument("--test", required=True, help="TSV, JSONL, or SRC_FILE,TGT_FILE: the pairs to score")
+    p.add_argument("--batch", type=int, default=32, help="pairs per forward pass")
+    p.add_argument("--threads", type=int, default=0)
+    _device_arg(p)
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("generate", help="continue a prompt with a language model (sampling)")
     p.add_argument("--model", required=True)

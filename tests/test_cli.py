@@ -140,3 +140,11 @@ def test_low_precision_copies_stay_on_their_device():
     assert next(lower_precision(off_cpu, "float16").parameters()).dtype == torch.float16
     with pytest.raises(ValueError, match="float16 decoding is for GPUs"):
         lower_precision(Transformer(preset("tiny")), "float16")
+
+
+def test_score_prints_one_log_probability_per_pair(tmp_path):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("Dios es amor.\tGod is love.\nDios es amor.\tLove is a dog.\n", encoding="utf-8")
+    r = aiayn("score", "--model", str(ROOT / "models" / "bible-es-en"), "--test", str(pairs), "--device", "cpu")
+    good, bad = map(float, r.stdout.split())
+    assert bad < good < 0 and "2 pairs" in r.stderr
