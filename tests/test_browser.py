@@ -16,6 +16,8 @@ from aiayn.serve.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
 
 try:
     from playwright.sync_api import sync_playwright
@@ -34,9 +36,7 @@ def server():
 
 def test_page_translates_and_shows_attention(server, tmp_path):
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1100, "height": 1400})
         page.goto(server)
         page.fill("#src", "Y dijo Dios: Sea la luz: y fué la luz.")
@@ -55,3 +55,20 @@ def test_page_translates_and_shows_attention(server, tmp_path):
     assert shot.stat().st_size > 20_000
     if os.environ.get("AIAYN_UPDATE_DOCS"):
         shutil.copy(shot, ROOT / "docs" / "img" / "serve.png")
+
+
+def test_page_generates_with_a_language_model():
+    """With a language model the page offers a prompt and sampling controls, not translation."""
+    with ServerProcess(ROOT / "models" / "shakespeare-char") as s, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        page.goto(s.url)
+        page.wait_for_function("document.querySelector('#info').textContent.includes('language model')", timeout=30_000)
+        assert page.is_hidden("#translate-controls") and page.is_visible("#generate-controls")
+        page.fill("#src", "JULIET:")
+        page.fill("#max-new", "40")
+        page.fill("#seed", "3")
+        page.click("#gen")
+        page.wait_for_function("document.querySelector('#output').textContent.length > 20", timeout=60_000)
+        assert page.inner_text("#output").startswith("JULIET:") and page.inner_text("#error") == ""
+        browser.close()

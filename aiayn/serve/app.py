@@ -306,7 +306,8 @@ class Service:
         return {"prompt": req.prompt, "text": text}
 
     def info(self) -> dict[str, Any]:
-        return {"model": str(self.model_dir), "arch": self.arch, "config": self.config["model"],
+        return {"model": str(self.model_dir), "arch": self.arch,
+                "kind": "language model" if self.arch in LANGUAGE_MODELS else "translation", "config": self.config["model"],
                 "vocab": self.config.get("vocab"), "vocab_size": len(self.vocab), "parameters": self.n_params,
                 "step": self.config.get("step"), "limits": self.limits.__dict__}
 
