@@ -560,7 +560,10 @@ class TrainConfig:
     max_minutes: float = 0.0  # budget of training time (evaluation and saving not counted); 0 = no limit
     # evaluation and checkpoints
     eval_every: int = 500
-    eval_bleu_sentences: int = 200  # dev sentences translated (greedy) for BLEU at each evaluation
+    eval_bleu_sentences: int = 200  # dev sentences translated for BLEU at each evaluation
+    eval_beam: int = 1  # beam size of that translation (1 = greedy; 4 = the paper's search)
+    best_by: Literal["val_loss", "val_bleu"] = "val_loss"  # which dev metric picks OUT/best
+    patience: int = 0  # stop when best_by has not improved for this many evaluations (0 = never)
     eval_lm_tokens: int = 0  # language model: validation tokens scored at each eval (0 = all)
     save_every: int = 1000
     keep_last: int = 5
@@ -585,11 +588,15 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_steps", "max_epochs", "max_minutes", "block_size", "eval_bleu_sentences", "eval_lm_tokens",
-                     "threads", "warmup", "weight_decay", "clip_norm", "min_lr"):
+                     "threads", "warmup", "weight_decay", "clip_norm", "min_lr", "patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
         if self.lr_schedule == "inverse_sqrt" and self.warmup < 1:
             raise ConfigError("train.warmup must be at least 1 with lr_schedule inverse_sqrt (equation 3 divides by it)")
+        if self.eval_beam < 1:
+            raise ConfigError(f"train.eval_beam must be at least 1, got {self.eval_beam}")
+        if self.best_by == "val_bleu" and self.eval_bleu_sentences == 0:
+            raise ConfigError("train.best_by: val_bleu needs train.eval_bleu_sentences > 0 (the dev sentences translated)")
         if not self.lr > 0 or not self.lr_scale > 0:
             raise ConfigError("train.lr and train.lr_scale must be positive")
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -70,8 +70,8 @@ def corpus_loss(model, data: ParallelData, max_tokens: int, device: torch.device
     return {"val_loss": loss, "ppl": math.exp(min(loss, 50.0))}
 
 
-def greedy_bleu(model, vocab, dev_jsonl: Path, n: int, device: torch.device | str = "cpu") -> float:
-    """Greedy BLEU on the first ``n`` validation sentences (a quick signal during training: ``val_bleu``)."""
+def greedy_bleu(model, vocab, dev_jsonl: Path, n: int, device: torch.device | str = "cpu", beam: int = 1) -> float:
+    """BLEU on the first ``n`` validation sentences, greedy or with a ``beam`` (during training: ``val_bleu``)."""
     src, ref = [], []
     with open(dev_jsonl, encoding="utf-8") as f:
         for line in f:
@@ -80,7 +80,7 @@ def greedy_bleu(model, vocab, dev_jsonl: Path, n: int, device: torch.device | st
             ref.append(obj["tgt"])
             if len(src) >= n:
                 break
-    hyps = Translator(model, vocab, DecodeConfig(beam=1), device).translate(src)
+    hyps = Translator(model, vocab, DecodeConfig(beam=beam), device).translate(src)
     return score_translations(hyps, ref)["bleu"]
 
 

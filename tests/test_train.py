@@ -289,3 +289,17 @@ def test_fine_tuning_starts_from_a_model_with_a_fresh_optimizer(toy_data, toy_co
     prepare(PrepareConfig(train=str(toy_corpus["train"]), out=str(other), vocab_size=100))
     with pytest.raises(ConfigError, match="uses another vocabulary .* --spm-model"):
         Trainer(load_run_config(None, {"train": {"data": str(other), "out": str(tmp_path / "x"), "init_from": str(source)}}))
+
+
+def test_best_checkpoint_by_beam_bleu_and_early_stopping(toy_data, tmp_path):
+    # A learning rate too small to change anything: dev BLEU never improves after the first evaluation.
+    run = run_cfg(toy_data, tmp_path / "es", lr_schedule="constant", lr=1e-12, warmup=1, max_steps=50, eval_every=1,
+                  eval_bleu_sentences=4, eval_beam=2, best_by="val_bleu", patience=2)
+    result = train(run)
+    assert result["stopped_by"] == "patience" and result["step"] == 3  # best at step 1, then 2 without improvement
+    best = json.loads((tmp_path / "es" / "best" / "config.json").read_text())
+    assert best["step"] == 1 and best["best_by"] == "val_bleu"
+    assert (tmp_path / "es" / "checkpoints" / "step_0000003").is_dir()  # the last step is saved before stopping
+    assert load_trainer_state(tmp_path / "es" / "checkpoints" / "step_0000003")["evals_since_best"] == 2
+    with pytest.raises(ConfigError, match="val_bleu needs train.eval_bleu_sentences"):
+        run_cfg(toy_data, tmp_path / "x", best_by="val_bleu", eval_bleu_sentences=0)

@@ -75,7 +75,8 @@ class Trainer:
         self.out = Path(cfg.out)
         self.step = 0
         self.elapsed = 0.0  # training seconds, carried across resumes
-        self.best_loss = math.inf
+        self.best_loss = math.inf  # the best dev value of train.best_by (lower is better: BLEU is negated)
+        self.evals_since_best = 0  # evaluations without improving it (early stopping: train.patience)
 
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
@@ -203,7 +204,7 @@ class Trainer:
         out = corpus_loss(self.model, self.feed.dev_data, self.cfg.max_tokens, self.device)
         if self.cfg.eval_bleu_sentences > 0:
             out["val_bleu"] = greedy_bleu(self.model, self.vocab, Path(self.cfg.data) / "dev.txt.jsonl",
-                                       self.cfg.eval_bleu_sentences, self.device)
+                                       self.cfg.eval_bleu_sentences, self.device, self.cfg.eval_beam)
         return out
 
     # --- checkpoints ------------------------------------------------------------------------
@@ -225,7 +226,8 @@ class Trainer:
     def _trainer_state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
         """What resuming needs besides the weights; ``rng``: every process's random state (its rank's)."""
         state = {"optimizer": self.optimizer.state_dict(), "step": self.step, "elapsed": self.elapsed,
-                 "best_loss": self.best_loss, "rank_rng": rng, **self.feed.state_dict()}
+                 "best_loss": self.best_loss, "evals_since_best": self.evals_since_best, "rank_rng": rng,
+                 **self.feed.state_dict()}
         if self.scaler.is_enabled():
             state["grad_scaler"] = self.scaler.state_dict()
         return state
@@ -257,6 +259,7 @@ class Trainer:
             self.scaler.load_state_dict(st["grad_scaler"])
         self.feed.load_state_dict(st)
         self.step, self.elapsed, self.best_loss = st["step"], st["elapsed"], st["best_loss"]
+        self.evals_since_best = st.get("evals_since_best", 0)
         # Checkpoints written before rank_rng kept one process's state at the top level.
         ranks = st.get("rank_rng") or [{"torch_rng": st["torch_rng"], "python_rng": st["python_rng"]}]
         if len(ranks) != self.world:
@@ -319,6 +322,12 @@ class Trainer:
                 final = self._done() or stop
                 if self.step % cfg.eval_every == 0 or (final and not stop):
                     last_metrics = self._eval_and_log()
+                    if cfg.patience:  # rank 0 decides; every process stops after the same step
+                        _, patience_out = self.procs.agree(self.elapsed, self.evals_since_best >= cfg.patience)
+                        if patience_out and not final:
+                            log.info("step %d: %s has not improved for %d evaluations: stopping (train.patience)",
+                                     self.step, cfg.best_by, self.evals_since_best)
+                            self.stopped_by, stop, final = "patience", True, True
                 if self.step % cfg.save_every == 0 or final:
                     self.save(last_metrics)
                     window_start = time.perf_counter()  # evaluation and saving are not training time
@@ -337,10 +346,15 @@ class Trainer:
         if metrics:
             self._log({"kind": "eval", "step": self.step, "time": round(self.elapsed, 2), **metrics})
             log.info("step %d: %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-            if "val_loss" in metrics and metrics["val_loss"] < self.best_loss:
-                self.best_loss = metrics["val_loss"]
-                save_model_dir(self.out / "best", self.model, self.run.model, self.vocab,
-                               {"step": self.step, "metrics": metrics}, overwrite=True)
+            key = self.cfg.best_by if self.cfg.best_by in metrics else "val_loss"
+            if key in metrics:
+                value = -metrics[key] if key == "val_bleu" else metrics[key]  # lower is better
+                if value < self.best_loss:
+                    self.best_loss, self.evals_since_best = value, 0
+                    save_model_dir(self.out / "best", self.model, self.run.model, self.vocab,
+                                   {"step": self.step, "metrics": metrics, "best_by": key}, overwrite=True)
+                else:
+                    self.evals_since_best += 1
         return metrics
 
 
