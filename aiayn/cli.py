@@ -128,7 +128,16 @@ def cmd_translate(a: argparse.Namespace) -> None:
     dst = open(a.output, "w", encoding="utf-8") if a.output else sys.stdout
     try:
         lines = input_lines(src if not a.input else _progress(src, a.input))
-        if a.nbest > 1:
+        if a.format == "jsonl":
+            for i, d in enumerate(tr.stream_detailed(lines, a.chunk, a.skip_invalid), 1):
+                dst.write(json.dumps({"line": i, **(d if d is not None else {"translation": "", "skipped": True})},
+                                     ensure_ascii=False) + "\n")
+                dst.flush()
+        elif a.format == "tsv":
+            for hyps in tr.translate_nbest_stream(lines, a.chunk, a.skip_invalid):
+                dst.write("\t".join(f"{score:.4f}\t{text}" for text, score in hyps) + "\n")
+                dst.flush()
+        elif a.nbest > 1:
             for i, hyps in enumerate(tr.translate_nbest_stream(lines, a.chunk, a.skip_invalid)):
                 for text, score in hyps:
                     dst.write(f"{i}\t{score:.4f}\t{text}\n")
@@ -436,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an input line that cannot be translated (invalid UTF-8, NUL, too long) becomes an empty "
                         "output line and a warning, instead of an error")
     _decode_args(p, nbest=True)  # --nbest N > 1 writes 'line<TAB>score<TAB>text'
+    p.add_argument("--format", choices=["text", "tsv", "jsonl"], default="text",
+                   help="text: the translation; tsv: score<TAB>translation (the n best, tab-separated); jsonl: "
+                        "scores, tokens, per-token log-probabilities, alignments and the n best, one object per line")
     p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("evaluate", help="BLEU/chrF of a translation model, or loss/perplexity of a language model")

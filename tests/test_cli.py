@@ -148,3 +148,21 @@ def test_score_prints_one_log_probability_per_pair(tmp_path):
     r = aiayn("score", "--model", str(ROOT / "models" / "bible-es-en"), "--test", str(pairs), "--device", "cpu")
     good, bad = map(float, r.stdout.split())
     assert bad < good < 0 and "2 pairs" in r.stderr
+
+
+def test_translate_formats_tsv_and_jsonl(tmp_path):
+    model = str(ROOT / "models" / "bible-es-en")
+    r = aiayn("translate", "--model", model, "--format", "jsonl", "--nbest", "2", "--skip-invalid",
+              stdin="Y dijo Dios: Sea la luz.\nbad\x00line\nDios es amor.\n")
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["line"] for row in rows] == [1, 2, 3] and rows[1]["skipped"] is True
+    for row in (rows[0], rows[2]):
+        # the forced-decoding pass over the hypothesis gives back the search's log-probability, token by token
+        assert sum(row["token_log_probs"]) == pytest.approx(row["log_prob"], abs=1e-3)
+        assert len(row["token_log_probs"]) == len(row["tokens"]) == len(row["alignment"])
+        assert all(0 <= j < len(row["source_tokens"]) for j in row["alignment"])
+        assert len(row["nbest"]) == 2 and row["nbest"][0]["translation"] == row["translation"]
+    assert rows[2]["alignment"][:3] == [0, 1, 2]  # God ← Dios, is ← es, love ← amor
+    r = aiayn("translate", "--model", model, "--format", "tsv", "--nbest", "2", stdin="Dios es amor.\n")
+    fields = r.stdout.rstrip("\n").split("\t")
+    assert len(fields) == 4 and fields[1] == "God is love." and float(fields[0]) > float(fields[2])

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from ..config import DecodeConfig
+from ..config import BOS_ID, EOS_ID, DecodeConfig
 from ..data.batching import source_tensor, token_batches
 from .search import Hypothesis, beam_search, greedy_search, max_lengths
 
@@ -111,6 +111,45 @@ class Translator:
         for buf in self._checked_chunks(lines, chunk, skip_invalid):
             for hyps in self._decoded(buf):
                 yield [] if hyps is None else [(self.vocab.decode(h.tokens), h.score) for h in hyps]
+
+    def stream_detailed(self, lines: Iterable[str | BaseException], chunk: int = 256,
+                        skip_invalid: bool = False) -> Iterator[dict | None]:
+        """:meth:`stream` with everything known about each translation (:meth:`details`); None for a
+        skipped line."""
+        for buf in self._checked_chunks(lines, chunk, skip_invalid):
+            todo = [ids for ids in buf if ids is not None]
+            found = iter(self.details(todo, self.translate_ids(todo)) if todo else [])
+            for ids in buf:
+                yield None if ids is None else next(found)
+
+    @torch.no_grad()
+    def details(self, sources: list[list[int]], hyps: list[list[Hypothesis]]) -> list[dict]:
+        """For each source and its n-best: the best translation's pieces, the log-probability of each of
+        its tokens and of ``</s>`` (a forced-decoding pass over the hypothesis: they sum to its
+        ``log_prob``), and its alignment — for each target token, the source position (0-based; the
+        source's ``</s>`` is the last) that the last encoder-decoder attention layer weighs most, averaged
+        over heads (None for a model without attention)."""
+        from ..data.batching import pad
+        from ..model import recording_attention
+
+        out = []
+        for ids, nbest in zip(sources, hyps):
+            best = nbest[0]
+            src = source_tensor([ids]).to(self.device)
+            tgt_in = pad([[BOS_ID, *best.tokens]]).to(self.device)
+            tgt_out = pad([[*best.tokens, EOS_ID]]).to(self.device)
+            with recording_attention(self.model) as record:
+                logits = self.model(src, tgt_in).float()
+            token_logp = logits.log_softmax(-1).gather(-1, tgt_out.unsqueeze(-1))[0, :, 0]
+            cross = [w for name, w in record.items() if name.endswith("cross_attn")]
+            alignment = cross[-1][0].float().mean(0).argmax(-1).tolist() if cross else None  # (T,) over S
+            out.append({
+                "translation": self.vocab.decode(best.tokens), "score": best.score, "log_prob": best.log_prob,
+                "tokens": self.vocab.pieces(best.tokens) + ["</s>"], "token_log_probs": token_logp.tolist(),
+                "source_tokens": self.vocab.pieces(ids) + ["</s>"], "alignment": alignment,
+                "nbest": [{"translation": self.vocab.decode(h.tokens), "score": h.score} for h in nbest],
+            })
+        return out
 
     def _checked_chunks(self, lines: Iterable[str | BaseException], chunk: int,
                         skip_invalid: bool) -> Iterator[list[list[int] | None]]:
