@@ -114,7 +114,7 @@ def _arch(config: dict) -> str:
 
 def cmd_translate(a: argparse.Namespace) -> None:
     from .data.corpus import input_lines
-    from .decode.translate import BadInput, Translator
+    from .decode.translate import BadInput, Translator, as_they_arrive
 
     _threads(a.threads)
     model, vocab, config = _load(a.model, a.device)
@@ -127,7 +127,9 @@ def cmd_translate(a: argparse.Namespace) -> None:
     src = open(a.input, "rb") if a.input else sys.stdin.buffer
     dst = open(a.output, "w", encoding="utf-8") if a.output else sys.stdout
     try:
-        lines = input_lines(src if not a.input else _progress(src, a.input))
+        lines = input_lines(src) if not a.input else input_lines(_progress(src, a.input))
+        if not a.input:  # stdin may be a terminal or a pipe that stays open: answer each line as it arrives
+            lines = as_they_arrive(lines)
         if a.format == "jsonl":
             for i, d in enumerate(tr.stream_detailed(lines, a.chunk, a.skip_invalid), 1):
                 dst.write(json.dumps({"line": i, **(d if d is not None else {"translation": "", "skipped": True})},

@@ -166,3 +166,21 @@ def test_translate_formats_tsv_and_jsonl(tmp_path):
     r = aiayn("translate", "--model", model, "--format", "tsv", "--nbest", "2", stdin="Dios es amor.\n")
     fields = r.stdout.rstrip("\n").split("\t")
     assert len(fields) == 4 and fields[1] == "God is love." and float(fields[0]) > float(fields[2])
+
+
+def test_translate_answers_each_line_of_an_open_pipe_as_it_arrives():
+    import select
+
+    p = subprocess.Popen([sys.executable, "-m", "aiayn", "translate", "--model", str(ROOT / "models" / "bible-es-en"),
+                          "--beam", "1", "--device", "cpu"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        for line in ["Dios es amor.", "Y dijo Dios: Sea la luz."]:
+            p.stdin.write(line + "\n")
+            p.stdin.flush()  # the pipe stays open: the answer must come before any further input
+            ready, _, _ = select.select([p.stdout], [], [], 60)
+            assert ready, f"no answer to {line!r} while stdin stayed open"
+            assert p.stdout.readline().strip()
+        p.stdin.close()
+        assert p.wait(timeout=60) == 0
+    finally:
+        p.kill()

@@ -35,6 +35,40 @@ def unusable_character(text: str) -> str | None:
     return "a NUL byte" if bad == "\x00" else f"an unpaired surrogate U+{ord(bad):04X}"
 
 
+FLUSH = object()  # in a stream of lines: "no further line has arrived for now; translate what you have"
+_END = object()
+
+
+def as_they_arrive(lines: Iterable[str | BaseException], window: float = 0.02) -> Iterator[object]:
+    """The items of ``lines`` (read on a thread), with :data:`FLUSH` whenever none followed within ``window``
+    seconds: an interactive or slow pipe gets each line answered as it arrives, a file still fills whole
+    chunks."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=4096)
+
+    def read() -> None:
+        try:
+            for line in lines:
+                q.put(line)
+        except BaseException as e:  # a failing reader ends the stream with its error in place of a line
+            q.put(e)
+        finally:
+            q.put(_END)
+
+    threading.Thread(target=read, name="aiayn-stdin", daemon=True).start()
+    while True:
+        try:
+            item = q.get(timeout=window)
+        except queue.Empty:
+            yield FLUSH
+            item = q.get()
+        if item is _END:
+            return
+        yield item
+
+
 class Translator:
     """Translate strings with a :class:`~aiayn.model.Transformer` and its vocabulary."""
 
@@ -151,12 +185,19 @@ class Translator:
             })
         return out
 
-    def _checked_chunks(self, lines: Iterable[str | BaseException], chunk: int,
+    def _checked_chunks(self, lines: Iterable[object], chunk: int,
                         skip_invalid: bool) -> Iterator[list[list[int] | None]]:
         """Chunks of token ids, None in place of a line skipped; a bad line raises :class:`BadInput`
         once the chunk before it has been handed out."""
         buf: list[list[int] | None] = []
-        for n, line in enumerate(lines, 1):
+        n = 0
+        for line in lines:
+            if line is FLUSH:  # nothing more for now (as_they_arrive): translate what has come
+                if buf:
+                    yield buf
+                    buf = []
+                continue
+            n += 1
             try:
                 if isinstance(line, BaseException):
                     raise ValueError(str(line))
