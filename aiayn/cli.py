@@ -185,14 +185,19 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         return
     from .evaluate import evaluate_translation
 
-    scores, hyps = evaluate_translation(model, vocab, a.test, _decode_cfg(a), limit=a.limit)
+    scores, hyps = evaluate_translation(model, vocab, a.test, _decode_cfg(a), limit=a.limit, tokenize=a.tokenize,
+                                        tokenized_bleu_lang=a.tokenized_bleu)
     if a.output:
         Path(a.output).write_text("\n".join(hyps) + "\n", encoding="utf-8")
     print(f"{a.test}: {scores['n']} sentences")
     print(f"  {scores['bleu_detail']}")
     print(f"  chrF2 = {scores['chrf']:.2f}")
     print(f"  signature: {scores['signature']}")
-    print(json.dumps({k: scores[k] for k in ("bleu", "chrf", "signature", "chrf_signature", "n")}))
+    keys = ["bleu", "chrf", "signature", "chrf_signature", "n"]
+    if "tokenized_bleu" in scores:
+        print(f"  tokenized BLEU (Moses tokens + multi-bleu, the paper's kind; not sacreBLEU) = {scores['tokenized_bleu']:.2f}")
+        keys.append("tokenized_bleu")
+    print(json.dumps({k: scores[k] for k in keys}))
 
 
 # --- score -------------------------------------------------------------------------------------
@@ -460,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=0, help="language model: window size (default: the model's)")
     p.add_argument("--tail-fraction", type=float, default=0.0,
                    help="language model: score only the last fraction of the text (0.1 = nanoGPT's validation split)")
+    p.add_argument("--tokenize", default="13a", help="sacreBLEU's tokenizer (13a, intl, zh, ja-mecab, char, none, …)")
+    p.add_argument("--tokenized-bleu", metavar="LANG",
+                   help="also the paper's kind of BLEU: Moses-tokenized for target language LANG, then multi-bleu "
+                        "(needs aiayn[paper]; not comparable with sacreBLEU)")
     _decode_args(p)
     p.set_defaults(func=cmd_evaluate)
 

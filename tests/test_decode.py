@@ -154,3 +154,22 @@ def test_low_precision_decoding_keeps_the_translations(compute_type):
     bleu = [sacrebleu.corpus_bleu(h, [refs]).score for h in (ref, low)]
     assert abs(bleu[0] - bleu[1]) < 1.5, bleu
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_tokenized_bleu_is_the_papers_kind():
+    """Moses tokens, compounds split as t2t's get_ende_bleu.sh does, then BLEU with no tokenization of its
+    own — equal to sacreBLEU's 'none' tokenizer on text tokenized by hand that way."""
+    import sacrebleu
+
+    from aiayn.evaluate import score_translations, tokenized_bleu
+
+    hyp, ref = ["It is a well-known truth, they said."], ["It is well-known, they said."]
+    by_hand_h = ["It is a well ##AT##-##AT## known truth , they said ."]
+    by_hand_r = ["It is well ##AT##-##AT## known , they said ."]
+    expected = sacrebleu.corpus_bleu(by_hand_h, [by_hand_r], tokenize="none", force=True).score
+    assert tokenized_bleu(hyp, ref, "en") == pytest.approx(expected)
+    assert tokenized_bleu(ref, ref, "en") == pytest.approx(100.0)
+    scores = score_translations(hyp, ref, tokenize="intl", tokenized_bleu_lang="en")
+    assert "tok:intl" in scores["signature"] and scores["tokenized_bleu"] == round(expected, 2)
+    with pytest.raises(ValueError, match="unknown sacreBLEU tokenizer 'bogus'"):
+        score_translations(hyp, ref, tokenize="bogus")
