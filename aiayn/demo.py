@@ -16,19 +16,25 @@ SENTENCES = [
 ]
 
 
-def shipped_model_dir() -> Path:
-    """models/bible-es-en beside the package, as in a source checkout (``pip install -e .``); an installed
-    wheel does not carry it (pass ``--model DIR``)."""
+def _shipped(relative: str) -> list[Path]:
+    """Where a shipped file can be: beside the package in a source checkout (``pip install -e .``), or in
+    ``<prefix>/share/aiayn`` where an installed wheel puts it (pyproject's data-files)."""
+    import sysconfig
+
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "models" / "bible-es-en", here / "models" / "bible-es-en"):
+    return [here.parent / relative, Path(sysconfig.get_path("data")) / "share" / "aiayn" / relative]
+
+
+def shipped_model_dir(name: str = "bible-es-en") -> Path:
+    """A shipped model directory (``models/NAME``)."""
+    for candidate in _shipped(f"models/{name}"):
         if (candidate / "config.json").is_file():
             return candidate
-    raise FileNotFoundError("the shipped model models/bible-es-en was not found; pass --model DIR")
+    raise FileNotFoundError(f"the shipped model models/{name} was not found; pass --model DIR")
 
 
 def shipped_test_file() -> Path | None:
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "data" / "bible-es-en" / "test.tsv", here / "data" / "bible-es-en" / "test.tsv"):
+    for candidate in _shipped("data/bible-es-en/test.tsv"):
         if candidate.is_file():
             return candidate
     return None

@@ -184,3 +184,31 @@ def test_translate_answers_each_line_of_an_open_pipe_as_it_arrives():
         assert p.wait(timeout=60) == 0
     finally:
         p.kill()
+
+
+def test_an_installed_wheel_finds_the_shipped_models(tmp_path):
+    """`pip install .` (not editable) then `aiayn demo`: the wheel carries the shipped models and the demo's
+    test verses (in <prefix>/share/aiayn). Built here and installed into a fresh venv, which borrows only
+    the dependencies (torch …) from this environment."""
+    import site
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path / "dist"), str(ROOT)], check=True, capture_output=True)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], check=True,
+                             capture_output=True, text=True).stdout.strip()
+    deps = [p for p in site.getsitepackages() + [sysconfig.get_path("purelib")] if Path(p).is_dir()]
+    (Path(purelib) / "deps.pth").write_text("\n".join(deps) + "\n")  # a path line: the editable aiayn is not loaded
+    wheel = next((tmp_path / "dist").glob("aiayn-*.whl"))
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
+                   capture_output=True)
+    r = subprocess.run([str(venv / "bin" / "aiayn"), "demo", "--n", "3", "--device", "cpu"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"model {venv}/share/aiayn/models/bible-es-en" in r.stdout and "3 test verses" in r.stdout
+    located = subprocess.run([str(py), "-c", "import aiayn; print(aiayn.__file__)"], capture_output=True, text=True,
+                             cwd=tmp_path).stdout
+    assert located.startswith(str(venv))  # the installed copy, not this checkout
