@@ -186,7 +186,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     from .evaluate import evaluate_translation
 
     scores, hyps = evaluate_translation(model, vocab, a.test, _decode_cfg(a), limit=a.limit, tokenize=a.tokenize,
-                                        tokenized_bleu_lang=a.tokenized_bleu)
+                                        tokenized_bleu_lang=a.paper_bleu)
     if a.output:
         Path(a.output).write_text("\n".join(hyps) + "\n", encoding="utf-8")
     print(f"{a.test}: {scores['n']} sentences")
@@ -466,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail-fraction", type=float, default=0.0,
                    help="language model: score only the last fraction of the text (0.1 = nanoGPT's validation split)")
     p.add_argument("--tokenize", default="13a", help="sacreBLEU's tokenizer (13a, intl, zh, ja-mecab, char, none, …)")
-    p.add_argument("--tokenized-bleu", metavar="LANG",
+    p.add_argument("--paper-bleu", metavar="LANG",
                    help="also the paper's kind of BLEU: Moses-tokenized for target language LANG, then multi-bleu "
                         "(needs aiayn[paper]; not comparable with sacreBLEU)")
     _decode_args(p)
