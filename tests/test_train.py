@@ -303,3 +303,21 @@ def test_best_checkpoint_by_beam_bleu_and_early_stopping(toy_data, tmp_path):
     assert load_trainer_state(tmp_path / "es" / "checkpoints" / "step_0000003")["evals_since_best"] == 2
     with pytest.raises(ConfigError, match="val_bleu needs train.eval_bleu_sentences"):
         run_cfg(toy_data, tmp_path / "x", best_by="val_bleu", eval_bleu_sentences=0)
+
+
+@pytest.mark.parametrize("name,preset,steps,keep", [("wmt14-en-de-base", "paper-base", 100000, 5),
+                                                    ("wmt14-en-de-big", "paper-big", 300000, 20)])
+def test_the_paper_wmt_configs_load_build_and_train_two_steps(toy_data, tmp_path, name, preset, steps, keep):
+    """The paper's recipes as shipped: their values, then two real updates on a tiny slice (post-LN, bf16)."""
+    run = load_run_config(ROOT / "configs" / f"{name}.yaml", {"train": {
+        "data": str(toy_data), "out": str(tmp_path / name), "max_steps": 2, "max_tokens": 200, "update_freq": 1,
+        "eval_every": 2, "save_every": 2, "eval_bleu_sentences": 2, "threads": 1}})
+    cfg = load_run_config(ROOT / "configs" / f"{name}.yaml")
+    assert cfg.model == load_run_config(None, {"model": {"preset": preset}}).model and cfg.model.norm == "post"
+    t = cfg.train
+    assert (t.lr_schedule, t.warmup, t.lr_scale, t.adam_betas, t.adam_eps, t.label_smoothing) == \
+        ("inverse_sqrt", 4000, 1.0, (0.9, 0.98), 1e-9, 0.1)
+    assert t.max_tokens * t.update_freq == 25000  # ≈25k source (and target) tokens per update on one process
+    assert (t.max_steps, t.keep_last) == (steps, keep)
+    result = train(run)
+    assert result["step"] == 2 and math.isfinite(result["val_loss"])
