@@ -321,3 +321,39 @@ def test_the_paper_wmt_configs_load_build_and_train_two_steps(toy_data, tmp_path
     assert (t.max_steps, t.keep_last) == (steps, keep)
     result = train(run)
     assert result["step"] == 2 and math.isfinite(result["val_loss"])
+
+
+def test_two_nodes_through_torchrun_rendezvous_equal_one_process(toy_data, tmp_path):
+    """Two torchrun launchers ("nodes" on localhost, one process each, gloo, c10d rendezvous) make the updates
+    of one process with update_freq=2; only global rank 0 writes checkpoints; the run resumes with one process."""
+    import socket
+
+    common = ["model.preset=tiny", "model.d_model=32", "model.d_ff=64", "model.dropout=0.0", f"train.data={toy_data}",
+              "train.max_steps=4", "train.warmup=2", "train.max_tokens=300", "train.eval_bleu_sentences=0",
+              "train.threads=1", "train.log_every=1", "train.save_every=2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "aiayn", "train", "--set", *common, f"train.out={one}", "train.update_freq=2"],
+                   check=True, env=env, capture_output=True, timeout=600)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
+              f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=aiayn-test", "-m", "aiayn", "train", "--set", *common,
+              f"train.out={two}"]
+    nodes = [subprocess.Popen(launch, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for node in nodes:
+        _, err = node.communicate(timeout=600)
+        assert node.returncode == 0, err[-3000:]
+    for a, b in zip(losses(one), losses(two)):
+        assert a == pytest.approx(b, rel=1e-5)
+    wa = load_file(str(one / "checkpoints" / "step_0000004" / "model.safetensors"))
+    wb = load_file(str(two / "checkpoints" / "step_0000004" / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
+    assert sorted(p.name for p in (two / "checkpoints").iterdir() if p.name.startswith("step_")) == \
+        ["step_0000002", "step_0000004"]
+    # the two-node run goes on as one process (a different world size), from its step 4
+    r = subprocess.run([sys.executable, "-m", "aiayn", "train", "--set", *common, f"train.out={two}", "train.max_steps=5",
+                        "train.update_freq=2"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "resumed from" in r.stderr and "saved by 2 process(es), resuming with 1" in r.stderr
