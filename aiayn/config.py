@@ -574,6 +574,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads, set by `aiayn train` (0 = leave PyTorch's default)
     accelerate: bool = True  # CPU fast paths measured on this machine (aiayn.accel); false = the plain model
     compile: bool = False
+    activation_checkpointing: bool = False  # recompute each layer in the backward pass: less memory, ≈1/3 more compute
     seed: int = 1234
     init_from: str = ""  # fine-tuning: a model directory whose weights (and model config) the run starts from
 

@@ -96,6 +96,10 @@ class Trainer:
             self._init_from(cfg.init_from)
         if resume:
             self._maybe_resume()
+        if cfg.activation_checkpointing:
+            from .memory import checkpoint_activations
+
+            log.info("activation checkpointing: %d layers recomputed in the backward pass", checkpoint_activations(self.model))
         self.train_model: nn.Module = self.model
         if cfg.compile:
             self.train_model = torch.compile(self.model)
