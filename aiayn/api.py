@@ -21,7 +21,18 @@ from typing import Any
 
 import torch
 
-from .config import BOS_ID, EOS_ID, LANGUAGE_MODELS, PAD_ID, DecodeConfig, PrepareConfig, RunConfig, SampleConfig, load_run_config
+from .config import (
+    BOS_ID,
+    EOS_ID,
+    LANGUAGE_MODELS,
+    MASKED_LANGUAGE_MODELS,
+    PAD_ID,
+    DecodeConfig,
+    PrepareConfig,
+    RunConfig,
+    SampleConfig,
+    load_run_config,
+)
 
 
 class Model:
@@ -33,7 +44,8 @@ class Model:
 
         self.network, self.vocab, self.config, self.path = network, vocab, config, path
         self.arch = model_arch(config)
-        self.kind = "language model" if self.arch in LANGUAGE_MODELS else "translation"
+        self.kind = ("language model" if self.arch in LANGUAGE_MODELS else
+                     "masked language model" if self.arch in MASKED_LANGUAGE_MODELS else "translation")
 
     def __repr__(self) -> str:
         return f"aiayn.Model({str(self.path)!r}, {self.arch}, {self.kind})"
@@ -92,7 +104,7 @@ class Model:
         text file, every token predicted once (``tail_fraction``: only the end of the text)."""
         from .evaluate import evaluate_lm_text, evaluate_translation
 
-        if self.kind == "language model":
+        if self.kind != "translation":
             return evaluate_lm_text(self.network, self.vocab, test, tail_fraction)
         scores, _ = evaluate_translation(self.network, self.vocab, test, replace(DecodeConfig(), **search), limit)
         return scores

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import LANGUAGE_MODELS, TRANSLATION_MODELS
+from .config import LANGUAGE_MODELS, MASKED_LANGUAGE_MODELS, TRANSLATION_MODELS
 
 log = logging.getLogger("aiayn")
 
@@ -176,7 +176,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         _die(f"--output {a.output}: is a directory; give a file name for the translations")
     _threads(a.threads)
     model, vocab, config = _load(a.model, a.device)
-    if _arch(config) in LANGUAGE_MODELS:
+    if _arch(config) in LANGUAGE_MODELS + MASKED_LANGUAGE_MODELS:
         from .evaluate import evaluate_lm_text
 
         res = evaluate_lm_text(model, vocab, a.test, a.tail_fraction, a.block_size)

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 Arch = Literal["encoder-decoder", "decoder-only", "encoder-only", "ngram", "mlp-lm", "rnn-lm", "rnn-seq2seq", "rnnsearch"]
 # Architectures that model one token stream (trained on `aiayn prepare --lm` data, sampled by `aiayn generate`).
 LANGUAGE_MODELS = ("decoder-only", "ngram", "mlp-lm", "rnn-lm")
+MASKED_LANGUAGE_MODELS = ("encoder-only",)  # trained on language-model data by masked-token prediction (BERT)
 # Architectures that translate (trained on parallel data, decoded by greedy and beam search).
 TRANSLATION_MODELS = ("encoder-decoder", "rnn-seq2seq", "rnnsearch")
 Cell = Literal["lstm", "gru", "rnn"]
@@ -665,6 +666,7 @@ def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | 
 
 __all__ = [
     "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "ConfigError", "ModelConfig", "PRESETS", "LANGUAGE_MODELS", "TRANSLATION_MODELS",
+    "MASKED_LANGUAGE_MODELS",
     "from_dict", "to_dict", "preset", "parse_overrides", "merge", "estimate_parameters", "PrepareConfig",
     "DecodeConfig", "SampleConfig", "Limits", "Word2VecConfig", "option", "REQUIRED", "TrainConfig", "RunConfig",
     "load_run_config",

@@ -153,6 +153,39 @@ def lm_validation(model, valid_tokens, block_size: int, limit: int = 0, device: 
     return {"val_loss": res["val_loss"], "ppl": res["ppl"]}
 
 
+@torch.no_grad()
+def mlm_loss(model, tokens: np.ndarray, block_size: int, device: torch.device | str = "cpu", batch_size: int = 32,
+             seed: int = 0) -> dict[str, float]:
+    """Masked-token prediction loss (nats per predicted token) of an encoder-only model over consecutive
+    windows of ``block_size`` tokens, with BERT's corruption drawn from a fixed ``seed`` (so that two
+    evaluations of the same text compare)."""
+    from .model.encoder_only import mask_tokens
+
+    model.eval()
+    x_all = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+    if x_all.numel() < 2:
+        raise ValueError("need at least two tokens to evaluate a masked language model")
+    gen = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    windows = list(x_all.split(block_size))
+    for i in range(0, len(windows), batch_size):
+        x = torch.nn.utils.rnn.pad_sequence(windows[i : i + batch_size], batch_first=True, padding_value=PAD_ID)
+        inputs, targets = mask_tokens(x, model.cfg.vocab_size, gen)
+        targets[x == PAD_ID] = -100
+        logits = model(inputs.to(device), mlm=True).float()
+        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.to(device).flatten(), ignore_index=-100,
+                                                   reduction="sum").item()
+        count += int((targets != -100).sum())
+    loss = total / max(count, 1)
+    return {"val_loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": count}
+
+
+def mlm_validation(model, valid_tokens, block_size: int, limit: int = 0, device: torch.device | str = "cpu") -> dict:
+    """What training logs for an encoder-only model: ``{"val_loss", "ppl"}`` of masked-token prediction."""
+    res = mlm_loss(model, np.asarray(valid_tokens[: limit or len(valid_tokens)]), block_size, device)
+    return {"val_loss": res["val_loss"], "ppl": res["ppl"]}
+
+
 def evaluate_lm_text(model, vocab, path: str | Path, tail_fraction: float = 0.0, block_size: int = 0) -> dict:
     """Loss and perplexity of a language model on a text file, every token predicted once, in windows of
     ``block_size`` (0: the model's ``max_positions``). ``tail_fraction`` scores only the last fraction of
@@ -168,4 +201,5 @@ def evaluate_lm_text(model, vocab, path: str | Path, tail_fraction: float = 0.0,
     if tail_fraction:
         text = text[int(len(text) * (1 - tail_fraction)) :]
     ids = np.asarray(encode_lm_text(vocab, text))
-    return lm_loss(model, ids, block_size or model.cfg.max_positions, device=next(model.parameters()).device)
+    score = mlm_loss if model.cfg.arch == "encoder-only" else lm_loss  # masked-token prediction, or next-token
+    return score(model, ids, block_size or model.cfg.max_positions, device=next(model.parameters()).device)

@@ -4,12 +4,34 @@ with a masked-token prediction head and an optional sequence-classification head
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ModelConfig
+from ..config import UNK_ID, ModelConfig
 from .layers import Embedding, InputLayer, init_linear_weights
 from .transformer import Encoder, OutputLayer, padding_mask
+
+MASK_ID = UNK_ID  # the vocabularies have no [MASK]: <unk>, which prepared text does not use, stands in for it
+MASK_FRACTION = 0.15  # BERT (Devlin et al. 2019, §3.1): 15 % of the positions are predicted …
+
+
+def mask_tokens(tokens: Tensor, vocab_size: int, generator: torch.Generator | None = None,
+                fraction: float = MASK_FRACTION) -> tuple[Tensor, Tensor]:
+    """BERT's corruption for masked-token prediction: each position is chosen with probability
+    ``fraction``; a chosen token becomes the mask symbol 80 % of the time, a random token 10 %, and stays
+    10 %. Returns (inputs, targets): targets hold the original token at chosen positions and -100
+    (ignored) elsewhere. Special tokens (ids < 4) are never chosen."""
+    def uniform() -> Tensor:
+        return torch.rand(tokens.shape, generator=generator, device=tokens.device)
+
+    chosen = (uniform() < fraction) & (tokens >= 4)
+    targets = torch.where(chosen, tokens, torch.full_like(tokens, -100))
+    action = uniform()
+    random_tokens = torch.randint(4, vocab_size, tokens.shape, generator=generator, device=tokens.device)
+    inputs = torch.where(chosen & (action < 0.8), torch.full_like(tokens, MASK_ID), tokens)
+    inputs = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_tokens, inputs)
+    return inputs, targets
 
 
 class EncoderModel(nn.Module):
@@ -33,12 +55,15 @@ class EncoderModel(nn.Module):
         self.classifier = nn.Linear(cfg.d_model, cfg.n_classes) if cfg.n_classes > 0 else None
         init_linear_weights(self)
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        return self.encoder(tokens, padding_mask(tokens))
+    def forward(self, tokens: Tensor, mlm: bool = False) -> Tensor:
+        """(B, S) → the contextual states (B, S, d), or with ``mlm`` the masked-token logits (B, S, V) (one
+        entry point, so that DDP and torch.compile wrap training as they wrap every other model)."""
+        h = self.encoder(tokens, padding_mask(tokens))
+        return self.output(self.mlm_transform(h)) if mlm else h
 
     def mlm_logits(self, tokens: Tensor) -> Tensor:
         """(B, S) → (B, S, V): a distribution over the vocabulary at every position."""
-        return self.output(self.mlm_transform(self(tokens)))
+        return self(tokens, mlm=True)
 
     def classify(self, tokens: Tensor) -> Tensor:
         """(B, S) → (B, n_classes) logits."""

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ConfigError, RunConfig
+from ..config import MASKED_LANGUAGE_MODELS, PAD_ID, ConfigError, RunConfig
 from ..data.batching import ParallelData, collate, lm_batch, token_batches
 
 
@@ -23,6 +23,11 @@ class Feed:
         self.cfg, self.kind = cfg, kind
         self.epoch, self.batch_in_epoch = 0, 0
         self.lm_rng = np.random.default_rng(cfg.seed)  # the same on every process
+        # An encoder-only model learns by masked-token prediction (BERT): the corruption is drawn here, from
+        # a generator every process seeds alike and checkpoints carry, so the update knows its target count.
+        self.masked = m.arch in MASKED_LANGUAGE_MODELS
+        self.vocab_size = m.vocab_size
+        self.mask_rng = torch.Generator().manual_seed(cfg.seed)
         self._batches: list[np.ndarray] = []
         self._batches_epoch: int | None = None
         if kind == "parallel":
@@ -50,6 +55,12 @@ class Feed:
         per_update = self.cfg.update_freq * world
         if self.kind == "lm":
             group = [lm_batch(self.train_tokens, self.block, self.cfg.batch_size, self.lm_rng) for _ in range(per_update)]
+            if self.masked:
+                from ..model.encoder_only import mask_tokens
+
+                group = [mask_tokens(x, self.vocab_size, self.mask_rng) for x, _ in group]
+                group = [(inputs, targets.clamp_min(PAD_ID)) for inputs, targets in group]  # unchosen: PAD, ignored
+                return group[rank::world], max(1, sum(int((t != PAD_ID).sum()) for _, t in group))
             return group[rank::world], per_update * self.cfg.batch_size * self.block
         if self._batches_epoch != self.epoch:
             self._batches, self._batches_epoch = self._epoch_batches(self.epoch), self.epoch
@@ -63,8 +74,11 @@ class Feed:
         return [collate(self.train_data, idx) for idx in group[rank::world]], total
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "lm_rng": json.dumps(self.lm_rng.bit_generator.state)}
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "lm_rng": json.dumps(self.lm_rng.bit_generator.state),
+                "mask_rng": self.mask_rng.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.lm_rng.bit_generator.state = json.loads(state["lm_rng"])
+        if "mask_rng" in state:
+            self.mask_rng.set_state(state["mask_rng"])

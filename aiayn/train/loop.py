@@ -35,7 +35,15 @@ from torch import nn
 
 from ..accel import accelerate
 from ..atomic import write_json_atomic
-from ..config import LANGUAGE_MODELS, TRANSLATION_MODELS, ConfigError, RunConfig, TrainConfig, load_run_config
+from ..config import (
+    LANGUAGE_MODELS,
+    MASKED_LANGUAGE_MODELS,
+    TRANSLATION_MODELS,
+    ConfigError,
+    RunConfig,
+    TrainConfig,
+    load_run_config,
+)
 from ..data.prepare import load_manifest
 from ..data.vocab import load_vocab
 from ..model import build_model, count_parameters
@@ -67,8 +75,9 @@ class Trainer:
         m = run.model
         if self.kind == "parallel" and m.arch not in TRANSLATION_MODELS:
             raise ConfigError(f"parallel data needs a translation model ({', '.join(TRANSLATION_MODELS)}), not {m.arch}")
-        if self.kind == "lm" and m.arch not in LANGUAGE_MODELS:
-            raise ConfigError(f"language-model data needs a language model ({', '.join(LANGUAGE_MODELS)}), not {m.arch}")
+        if self.kind == "lm" and m.arch not in LANGUAGE_MODELS + MASKED_LANGUAGE_MODELS:
+            raise ConfigError(f"language-model data needs a language model "
+                              f"({', '.join(LANGUAGE_MODELS + MASKED_LANGUAGE_MODELS)}), not {m.arch}")
         if m.vocab_size != len(self.vocab):
             m.vocab_size = len(self.vocab)  # the model's vocabulary is the data's
             m.validate()
@@ -146,7 +155,10 @@ class Trainer:
         with autocast_context(dev, self.cfg.dtype):
             if self.kind == "lm":
                 x, y = (t.to(dev, non_blocking=True) for t in batch)
-                logits = self.train_model(x)
+                if self.run.model.arch in MASKED_LANGUAGE_MODELS:  # x corrupted, y the originals where chosen
+                    logits = self.train_model(x, mlm=True)
+                else:
+                    logits = self.train_model(x)
                 target = y
             else:
                 src, tgt_in, tgt_out = (t.to(dev, non_blocking=True) for t in batch)
@@ -198,9 +210,10 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
         if self.kind == "lm":
-            from ..evaluate import lm_validation
+            from ..evaluate import lm_validation, mlm_validation
 
-            return lm_validation(self.model, self.feed.valid_tokens, self.feed.block, self.cfg.eval_lm_tokens, self.device)
+            validate = mlm_validation if self.run.model.arch in MASKED_LANGUAGE_MODELS else lm_validation
+            return validate(self.model, self.feed.valid_tokens, self.feed.block, self.cfg.eval_lm_tokens, self.device)
         if self.feed.dev_data is None:
             return {}
         from ..evaluate import corpus_loss, greedy_bleu
