@@ -32,6 +32,16 @@ def losses(out: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
 
 
+def assert_same_updates(one: Path, two: Path, step: int = 4) -> None:
+    """Two runs made the same updates: the same logged losses, the same weights at ``step``."""
+    for a, b in zip(losses(one), losses(two)):
+        assert a == pytest.approx(b, rel=1e-5)
+    wa = load_file(str(one / "checkpoints" / f"step_{step:07d}" / "model.safetensors"))
+    wb = load_file(str(two / "checkpoints" / f"step_{step:07d}" / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
+
+
 def test_paper_schedule_peaks_at_warmup():
     d, w = 512, 4000
     peak = inverse_sqrt_lr(w, d, w)
@@ -185,12 +195,7 @@ def test_two_processes_equal_one_process_with_update_freq_2(toy_data, tmp_path):
                         "-m", "aiayn", "train", "--set", *common, f"train.out={two}"], env=env, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    for a, b in zip(losses(one), losses(two)):
-        assert a == pytest.approx(b, rel=1e-5)
-    wa = load_file(str(one / "checkpoints" / "step_0000004" / "model.safetensors"))
-    wb = load_file(str(two / "checkpoints" / "step_0000004" / "model.safetensors"))
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
+    assert_same_updates(one, two)
 
 
 def test_checkpoints_load_and_fail_clearly(toy_data, tmp_path):
@@ -345,12 +350,7 @@ def test_two_nodes_through_torchrun_rendezvous_equal_one_process(toy_data, tmp_p
     for node in nodes:
         _, err = node.communicate(timeout=600)
         assert node.returncode == 0, err[-3000:]
-    for a, b in zip(losses(one), losses(two)):
-        assert a == pytest.approx(b, rel=1e-5)
-    wa = load_file(str(one / "checkpoints" / "step_0000004" / "model.safetensors"))
-    wb = load_file(str(two / "checkpoints" / "step_0000004" / "model.safetensors"))
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
+    assert_same_updates(one, two)
     assert sorted(p.name for p in (two / "checkpoints").iterdir() if p.name.startswith("step_")) == \
         ["step_0000002", "step_0000004"]
     # the two-node run goes on as one process (a different world size), from its step 4

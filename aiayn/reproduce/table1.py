@@ -31,10 +31,9 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
-from ..atomic import write_json_atomic, write_text_atomic
 from ..model.attention import MultiHeadAttention
 from ..model.conv import ConvLayer
-from . import claim_directory, machine, pyplot, save_figure
+from . import machine, pyplot, save_figure, save_table
 
 KINDS = ("self-attention", "recurrent", "convolutional", "separable convolutional", "restricted self-attention")
 
@@ -254,7 +253,4 @@ def plot(results: dict, path: str | Path) -> Path:
 
 
 def save(results: dict, out: str | Path) -> list[Path]:
-    out = claim_directory(out)
-    write_json_atomic(out / "table1.json", results)
-    write_text_atomic(out / "table1.md", markdown(results))
-    return [out / "table1.json", out / "table1.md", plot(results, out / "table1.png")]
+    return save_table(out, "table1", results, markdown, plot)

@@ -17,7 +17,6 @@ Their ratio is the fraction of the machine's matrix-product rate that training s
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import write_json_atomic, write_text_atomic
+from ..atomic import write_json_atomic
 from ..config import ConfigError, DecodeConfig, load_run_config
-from . import claim_directory, machine, pyplot, save_figure
+from . import claim_directory, finished, machine, prepare_corpus, pyplot, result_done, save_figure, save_table
 from .table3 import BASE_MODEL, BASE_TRAIN, BY_ID
 
 
@@ -140,20 +139,6 @@ def sustained_flops(dtype: torch.dtype, size: int = 1024, seconds: float = 1.0) 
 
 
 # --- the runs ------------------------------------------------------------------------------------
-def _prepare(cfg: Table2Config, work: Path) -> Path:
-    from ..data.prepare import PrepareConfig, prepare
-
-    corpus = Path(cfg.corpus)
-    for split in ("train", "dev", "test"):
-        if not (corpus / f"{split}.tsv").is_file():
-            raise ConfigError(f"{corpus / f'{split}.tsv'}: not found; --corpus names a directory with train, dev and "
-                              "test .tsv files")
-    data = work / "data"
-    prepare(PrepareConfig(train=str(corpus / "train.tsv"), dev=str(corpus / "dev.tsv"), out=str(data),
-                          vocab_size=cfg.vocab_size))
-    return data
-
-
 def run_system(system: System, cfg: Table2Config, work: Path, data: Path, rates: dict, progress=print) -> dict:
     from ..data.batching import ParallelData, collate, token_batches
     from ..evaluate import evaluate_translation
@@ -163,13 +148,10 @@ def run_system(system: System, cfg: Table2Config, work: Path, data: Path, rates:
 
     sys_dir = work / system.id
     done = sys_dir / "result.json"
-    if done.is_file():
-        result = json.loads(done.read_text(encoding="utf-8"))
-        if result.get("budget") == cfg.budget():
-            progress(f"table2: {system.id} done before (test BLEU {result['test_bleu']:.2f}); skipped")
-            return result
-        raise ConfigError(f"{done}: {system.id} was measured with another budget ({result.get('budget')}); "
-                          "use another --out for this one")
+    before = result_done(done, cfg.budget(), system.id)
+    if before is not None:
+        progress(f"table2: {system.id} done before (test BLEU {before['test_bleu']:.2f}); skipped")
+        return before
     train_cfg = {**system.train, "data": str(data), "out": str(sys_dir / "run"), "max_minutes": cfg.minutes,
                  "threads": cfg.threads, "keep_last": 5, "eval_every": 10**9,
                  "save_every": max(5, int(cfg.minutes * 60 / 0.6 / 25))}  # ≈ 25 checkpoints over the budget
@@ -207,7 +189,7 @@ def run(cfg: Table2Config, progress=print) -> dict:
     out = claim_directory(cfg.out)
     work = out / "table2"
     work.mkdir(exist_ok=True)
-    data = _prepare(cfg, work)
+    data = prepare_corpus(cfg.corpus, work, cfg.vocab_size, ("train", "dev", "test"))
     rates = {"float32": sustained_flops(torch.float32), "bfloat16": sustained_flops(torch.bfloat16)}
     progress(f"table2: sustained matrix-product rate {rates['float32'] / 1e9:.0f} GFLOP/s float32, "
              f"{rates['bfloat16'] / 1e9:.0f} GFLOP/s bfloat16")
@@ -217,14 +199,7 @@ def run(cfg: Table2Config, progress=print) -> dict:
 
 
 def collect(out: str | Path, cfg: Table2Config) -> dict:
-    work = Path(out) / "table2"
-    rows = {}
-    for s in SYSTEMS:
-        f = work / s.id / "result.json"
-        if f.is_file():
-            res = json.loads(f.read_text(encoding="utf-8"))
-            if res.get("budget") == cfg.budget():
-                rows[s.id] = res
+    rows = finished(Path(out) / "table2", BY_ID_2, cfg.budget())
     return {"table": "2", "machine": machine(), "date": time.strftime("%Y-%m-%d"), "budget": cfg.budget(), "rows": rows}
 
 
@@ -269,10 +244,4 @@ def plot(results: dict, path: str | Path) -> Path:
 
 
 def save(results: dict, out: str | Path) -> list[Path]:
-    out = claim_directory(out)
-    write_json_atomic(out / "table2.json", results)
-    write_text_atomic(out / "table2.md", markdown(results))
-    paths = [out / "table2.json", out / "table2.md"]
-    if results["rows"]:
-        paths.append(plot(results, out / "table2.png"))
-    return paths
+    return save_table(out, "table2", results, markdown, plot if results["rows"] else None)

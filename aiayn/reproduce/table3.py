@@ -16,15 +16,14 @@ interrupted one from its last checkpoint, so the table can be built over several
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import write_json_atomic, write_text_atomic
+from ..atomic import write_json_atomic
 from ..config import ConfigError, DecodeConfig, load_run_config
-from . import claim_directory, machine, pyplot, save_figure
+from . import claim_directory, finished, machine, prepare_corpus, pyplot, result_done, save_figure, save_table
 
 
 @dataclass(frozen=True)
@@ -101,19 +100,6 @@ def select_rows(spec: str) -> tuple[str, ...]:
     return tuple(chosen)
 
 
-def _prepare(cfg: Table3Config, work: Path) -> Path:
-    from ..data.prepare import PrepareConfig, prepare
-
-    corpus = Path(cfg.corpus)
-    for split in ("train", "dev"):
-        if not (corpus / f"{split}.tsv").is_file():
-            raise ConfigError(f"{corpus / f'{split}.tsv'}: not found; --corpus names a directory with train.tsv and dev.tsv")
-    data = work / "data"  # prepared once: prepare() does nothing when the inputs and options are unchanged
-    prepare(PrepareConfig(train=str(corpus / "train.tsv"), dev=str(corpus / "dev.tsv"), out=str(data),
-                          vocab_size=cfg.vocab_size))
-    return data
-
-
 def run_row(row: Row, cfg: Table3Config, work: Path, data: Path, progress=print) -> dict:
     """Train one row (or resume it), then score it on the dev set; returns and writes ``result.json``."""
     from ..data.batching import ParallelData
@@ -124,13 +110,10 @@ def run_row(row: Row, cfg: Table3Config, work: Path, data: Path, progress=print)
 
     row_dir = work / row.id
     done = row_dir / "result.json"
-    if done.is_file():
-        result = json.loads(done.read_text(encoding="utf-8"))
-        if result.get("budget") == cfg.budget():
-            progress(f"table3: {row.id} done before ({result['dev_ppl']:.2f} ppl, BLEU {result['dev_bleu']:.2f}); skipped")
-            return result
-        raise ConfigError(f"{done}: row {row.id} was measured with another budget ({result.get('budget')}); "
-                          "use another --out for this one")
+    before = result_done(done, cfg.budget(), f"row {row.id}")
+    if before is not None:
+        progress(f"table3: {row.id} done before ({before['dev_ppl']:.2f} ppl, BLEU {before['dev_bleu']:.2f}); skipped")
+        return before
     steps = round(cfg.steps * row.steps_factor)
     train_cfg = {**BASE_TRAIN, **row.train, "data": str(data), "out": str(row_dir / "run"), "max_steps": steps,
                  "max_minutes": cfg.minutes * row.steps_factor, "warmup": max(1, round(WARMUP_FRACTION * steps)),
@@ -162,7 +145,7 @@ def run(cfg: Table3Config, progress=print) -> dict:
     out = claim_directory(cfg.out)
     work = out / "table3"
     work.mkdir(exist_ok=True)
-    data = _prepare(cfg, work)
+    data = prepare_corpus(cfg.corpus, work, cfg.vocab_size, ("train", "dev"))
     for rid in cfg.rows:
         run_row(BY_ID[rid], cfg, work, data, progress)
     return collect(out, cfg)
@@ -170,14 +153,7 @@ def run(cfg: Table3Config, progress=print) -> dict:
 
 def collect(out: str | Path, cfg: Table3Config) -> dict:
     """Every finished row under ``out`` (measured with ``cfg``'s budget), the claims they test, and the machine."""
-    work = Path(out) / "table3"
-    rows = {}
-    for r in ROWS:
-        f = work / r.id / "result.json"
-        if f.is_file():
-            res = json.loads(f.read_text(encoding="utf-8"))
-            if res.get("budget") == cfg.budget():
-                rows[r.id] = res
+    rows = finished(Path(out) / "table3", BY_ID, cfg.budget())
     return {"table": "3", "machine": machine(), "date": time.strftime("%Y-%m-%d"), "budget": cfg.budget(),
             "base_model": BASE_MODEL, "base_train": BASE_TRAIN, "rows": rows, "claims": claims(rows)}
 
@@ -264,10 +240,4 @@ def plot(results: dict, path: str | Path) -> Path:
 
 
 def save(results: dict, out: str | Path) -> list[Path]:
-    out = claim_directory(out)
-    write_json_atomic(out / "table3.json", results)
-    write_text_atomic(out / "table3.md", markdown(results))
-    paths = [out / "table3.json", out / "table3.md"]
-    if results["rows"]:
-        paths.append(plot(results, out / "table3.png"))
-    return paths
+    return save_table(out, "table3", results, markdown, plot if results["rows"] else None)
