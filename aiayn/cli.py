@@ -359,10 +359,12 @@ def cmd_export(a: argparse.Namespace) -> None:
     elif a.to == "hf":
         try:
             from .export.hf import ExportError, to_hf
+            from .export.hf_lm import to_hf_causal_lm
         except ImportError as e:
             _die(f"exporting to Hugging Face needs transformers: pip install 'aiayn[export]' ({e})")
+        export = to_hf_causal_lm if model.cfg.arch == "decoder-only" else to_hf  # GPT-2/GPT-NeoX, or Marian/Pegasus
         try:
-            hf = to_hf(model, vocab, a.out, overwrite=a.overwrite)
+            hf = export(model, vocab, a.out, overwrite=a.overwrite)
         except ExportError as e:
             _die(str(e))
         out = f"{a.out} ({type(hf).__name__})"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from aiayn.train.checkpoint import load_model_dir
 from aiayn.train.loop import load_run_config, train
 
 MAX_LEN = 12
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", params=["post", "pre"])
@@ -209,3 +212,51 @@ def test_exporters_refuse_what_their_engines_cannot_compute(tmp_path, option, me
         with pytest.raises(ValueError, match=message):
             export(model, vocab, tmp_path / export.__name__)
         assert not (tmp_path / export.__name__).exists()
+
+
+@pytest.mark.parametrize("positional", ["learned", "rope"])
+def test_decoder_only_exports_to_a_hf_causal_lm_token_for_token(tmp_path, positional):
+    """Learned positions → GPT2LMHeadModel, rotary → GPTNeoXForCausalLM: equal logits and the same greedy
+    continuation (the shipped Shakespeare model is the rotary case)."""
+    from aiayn.config import preset
+    from aiayn.decode.sampling import SampleConfig, generate
+    from aiayn.export.hf_lm import to_hf_causal_lm
+
+    if positional == "rope":
+        model, vocab, _ = load_model_dir(ROOT / "models" / "shakespeare-char")
+    else:
+        from aiayn.data.vocab import CharVocab
+
+        torch.manual_seed(0)
+        model = build_model(preset("gpt-nano", vocab_size=40)).eval()
+        with torch.no_grad():  # biases and LayerNorm away from their initial values, so that every mapping shows
+            for p in model.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+        vocab = CharVocab.train(["abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL"])
+    hf = to_hf_causal_lm(model, vocab, tmp_path / "hf")
+    assert type(hf).__name__ == ("GPT2LMHeadModel" if positional == "learned" else "GPTNeoXForCausalLM")
+    x = torch.randint(4, model.cfg.vocab_size, (2, 30))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, model(x), atol=1e-4, rtol=1e-4)
+    ours = generate(model, x[:1, :5], SampleConfig(max_new_tokens=25, temperature=0))
+    theirs = hf.generate(x[:1, :5], max_new_tokens=25, min_new_tokens=25, do_sample=False)
+    assert torch.equal(ours, theirs)
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).logits, model(x), atol=1e-4, rtol=1e-4)
+    assert (tmp_path / "hf" / "vocab.json").is_file()
+
+
+def test_causal_lm_export_refuses_what_gpt2_and_neox_cannot_express(tmp_path):
+    from aiayn.config import preset
+    from aiayn.data.vocab import CharVocab
+    from aiayn.export.hf_lm import to_hf_causal_lm
+
+    vocab = CharVocab.train(["abc"])
+    for opts, message in (({"norm": "post"}, "post-LN"), ({"positional": "sinusoidal"}, "sinusoidal positions"),
+                          ({"scale_embeddings": True}, "scale embeddings"), ({"attention_window": 3}, "attention_window")):
+        with pytest.raises(ValueError, match=message):
+            to_hf_causal_lm(build_model(preset("gpt-nano", vocab_size=40, **opts)), vocab, tmp_path / "x")
+        assert not (tmp_path / "x").exists()
