@@ -310,6 +310,21 @@ def test_best_checkpoint_by_beam_bleu_and_early_stopping(toy_data, tmp_path):
         run_cfg(toy_data, tmp_path / "x", best_by="val_bleu", eval_bleu_sentences=0)
 
 
+def test_the_papers_recipe_at_cpu_scale_is_the_papers(toy_data, tmp_path):
+    """configs/bible-es-en-paper.yaml (docs/paper.md, issue 17 item 6): post-LN, equation (3) with 4,000
+    warm-up steps, ≈25k target tokens per update; it trains."""
+    cfg = load_run_config(ROOT / "configs" / "bible-es-en-paper.yaml")
+    m, t = cfg.model, cfg.train
+    assert (m.norm, m.dropout, m.positional, m.tie) == ("post", 0.1, "sinusoidal", "three_way")
+    assert (t.lr_schedule, t.warmup, t.lr_scale, t.adam_betas, t.adam_eps, t.label_smoothing, t.clip_norm) == \
+        ("inverse_sqrt", 4000, 1.0, (0.9, 0.98), 1e-9, 0.1, 0.0)
+    assert t.max_tokens * t.update_freq == 25000
+    run = load_run_config(ROOT / "configs" / "bible-es-en-paper.yaml", {"train": {
+        "data": str(toy_data), "out": str(tmp_path / "p"), "max_steps": 2, "max_tokens": 200, "update_freq": 2,
+        "eval_every": 2, "save_every": 2, "eval_bleu_sentences": 2, "threads": 1}})
+    assert train(run)["step"] == 2
+
+
 @pytest.mark.parametrize("name,preset,steps,keep", [("wmt14-en-de-base", "paper-base", 100000, 5),
                                                     ("wmt14-en-de-big", "paper-big", 300000, 20)])
 def test_the_paper_wmt_configs_load_build_and_train_two_steps(toy_data, tmp_path, name, preset, steps, keep):
