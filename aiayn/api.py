@@ -33,6 +33,7 @@ from .config import (
     SampleConfig,
     load_run_config,
 )
+from .model import device_of
 
 
 class Model:
@@ -52,7 +53,7 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        return next(self.network.parameters()).device
+        return device_of(self.network)
 
     def _needs(self, kind: str, what: str) -> None:
         if self.kind != kind:

@@ -17,6 +17,7 @@ from .config import PAD_ID
 from .data.batching import ParallelData, collate, token_batches
 from .data.corpus import CorpusError, read_parallel
 from .decode.translate import DecodeConfig, Translator
+from .model import device_of
 
 
 def score_translations(hypotheses: list[str], references: list[str], tokenize: str = "13a",
@@ -202,4 +203,4 @@ def evaluate_lm_text(model, vocab, path: str | Path, tail_fraction: float = 0.0,
         text = text[int(len(text) * (1 - tail_fraction)) :]
     ids = np.asarray(encode_lm_text(vocab, text))
     score = mlm_loss if model.cfg.arch == "encoder-only" else lm_loss  # masked-token prediction, or next-token
-    return score(model, ids, block_size or model.cfg.max_positions, device=next(model.parameters()).device)
+    return score(model, ids, block_size or model.cfg.max_positions, device=device_of(model))

@@ -23,6 +23,7 @@ import logging
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..model import device_of
 from ..model.attention import KVCache, MultiHeadAttention
 from ..model.transformer import OutputLayer
 from .choose import Choices, choices
@@ -155,7 +156,7 @@ def for_inference(model: nn.Module, compute_type: ComputeType = "float32") -> nn
     or a float16 copy (GPU); on the CPU accelerated for decoding (a model accelerated for training, being
     trained, is used as it is)."""
     m = lower_precision(model, compute_type)
-    if next(m.parameters()).device.type == "cpu":
+    if device_of(m).type == "cpu":
         accelerate(m)
     return m
 

@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..model import device_of
 from ..model.attention import MultiHeadAttention
 from ..model.transformer import OutputLayer
 
@@ -94,7 +95,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 def lower_precision(model: nn.Module, compute_type: ComputeType = "float32") -> nn.Module:
     """The model to decode with: itself (float32), a bf16 or (on a GPU) float16 copy, or (on the CPU) an
     int8 copy."""
-    on_cpu = next(model.parameters()).device.type == "cpu"
+    on_cpu = device_of(model).type == "cpu"
     if compute_type == "float32":
         return model.eval()
     if compute_type == "float16":

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ..config import EOS_ID, SampleConfig
+from ..model import device_of
 
 
 def _pick(logits: Tensor, cfg: SampleConfig, gen: torch.Generator | None) -> Tensor:
@@ -43,7 +44,7 @@ def _generator(cfg: SampleConfig, device: torch.device) -> torch.Generator | Non
 def generate(model, prompt: Tensor, cfg: SampleConfig, block_size: int | None = None) -> Tensor:
     """prompt (B, T) → (B, T + max_new_tokens), with a key/value cache while the context fits."""
     block = block_size or model.block_size
-    ids = prompt.to(next(model.parameters()).device)
+    ids = prompt.to(device_of(model))
     gen = _generator(cfg, ids.device)
     state = model.start()
     logits = model.step(ids[:, -block:], state)[:, -1]
@@ -61,7 +62,7 @@ def generate(model, prompt: Tensor, cfg: SampleConfig, block_size: int | None = 
 def generate_uncached(model, prompt: Tensor, cfg: SampleConfig, block_size: int | None = None) -> Tensor:
     """The reference: every step runs the model over the last ``block_size`` tokens (nanoGPT)."""
     block = block_size or model.block_size
-    ids = prompt.to(next(model.parameters()).device)
+    ids = prompt.to(device_of(model))
     gen = _generator(cfg, ids.device)
     for _ in range(cfg.max_new_tokens):
         nxt = _pick(model(ids[:, -block:])[:, -1], cfg, gen)

@@ -10,6 +10,7 @@ import torch
 
 from ..config import BOS_ID, EOS_ID, DecodeConfig
 from ..data.batching import source_tensor, token_batches
+from ..model import device_of
 from .search import Hypothesis, beam_search, greedy_search, max_lengths
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class Translator:
         from ..accel import for_inference
 
         self.vocab, self.cfg = vocab, cfg or DecodeConfig()
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.device = torch.device(device) if device is not None else device_of(model)
         self.model = for_inference(model.to(self.device), self.cfg.compute_type)
         if self.cfg.nbest > max(self.cfg.beam, 1):
             raise ValueError(f"nbest ({self.cfg.nbest}) cannot exceed the beam size ({self.cfg.beam})")

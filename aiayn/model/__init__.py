@@ -10,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import nn
 
 from ..config import ConfigError, ModelConfig, estimate_parameters
@@ -116,6 +117,16 @@ def recording_attention(model: nn.Module) -> Iterator[AttentionRecord]:
         ATTENTION_RECORDER.reset(token)
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where ``model`` lives: its first parameter's device, or its first buffer's (a counted n-gram model has
+    only buffers), or the CPU."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
 def set_attention_impl(model: nn.Module, impl: str) -> None:
     """``"sdpa"`` (fast path) or ``"reference"`` (equation 1 written out) for every attention layer."""
     if impl not in ("sdpa", "reference"):
@@ -127,7 +138,7 @@ def set_attention_impl(model: nn.Module, impl: str) -> None:
 
 __all__ = [
     "Model", "ARCHITECTURES", "build_model", "count_parameters", "parameter_breakdown", "recording_attention",
-    "set_attention_impl", "Transformer", "LanguageModel", "NGramLM", "MLPLanguageModel", "RNNLanguageModel",
+    "set_attention_impl", "device_of", "Transformer", "LanguageModel", "NGramLM", "MLPLanguageModel", "RNNLanguageModel",
     "RNNSeq2Seq", "RNNSearch", "EncoderModel", "DecoderState", "KVCache",
     "MultiHeadAttention", "attention", "padding_mask", "sinusoidal_table",
 ]

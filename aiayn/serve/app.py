@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field, model_validator
 from ..config import LANGUAGE_MODELS, TRANSLATION_MODELS, Limits
 from ..decode.sampling import SampleConfig
 from ..decode.translate import DecodeConfig, unusable_character
+from ..model import device_of
 
 STATIC = Path(__file__).parent / "static"
 
@@ -116,7 +117,7 @@ class Service:
 
         self.model_dir = Path(model_dir)
         self.model, self.vocab, self.config = load_model_dir(model_dir, pick_device(device))
-        if next(self.model.parameters()).device.type == "cpu":
+        if device_of(self.model).type == "cpu":
             accelerate(self.model)  # once, before any request (aiayn.accel)
         self.arch = model_arch(self.config)
         self.n_params = count_parameters(self.model)
