@@ -116,3 +116,62 @@ def test_collate_shifts_the_target(toy_data):
     assert tgt_out[0, n] == 3 and (tgt_in[0, 1 : n + 1] == tgt_out[0, :n]).all()
     assert src[0, len(data.src(0))] == 3  # source ends with </s>
     assert json.loads((toy_data / "manifest.json").read_text())["vocab"]["kind"] == "sentencepiece"
+
+
+def test_prepare_streams_in_chunks_with_the_same_result(toy_corpus, tmp_path, monkeypatch):
+    """The corpus is encoded a chunk at a time: the arrays are those of encoding every kept pair, and the
+    chunk size changes nothing."""
+    import json
+
+    import numpy as np
+
+    from aiayn.data import prepare as prep
+    from aiayn.data.batching import ParallelData
+    from aiayn.data.vocab import load_vocab
+
+    cfg = dict(train=str(toy_corpus["train"]), dev=str(toy_corpus["dev"]), vocab_size=120, max_len=12)
+    prep.prepare(prep.PrepareConfig(out=str(tmp_path / "big"), **cfg))
+    monkeypatch.setattr(prep, "ENCODE_CHUNK", 7)
+    prep.prepare(prep.PrepareConfig(out=str(tmp_path / "small"), **cfg))
+    for name in ("train.src.tokens", "train.tgt.offsets", "dev.tgt.tokens", "dev.src.offsets"):
+        assert np.array_equal(np.load(tmp_path / "big" / f"{name}.npy"), np.load(tmp_path / "small" / f"{name}.npy"))
+    assert (tmp_path / "big" / "dev.txt.jsonl").read_text() == (tmp_path / "small" / "dev.txt.jsonl").read_text()
+    vocab = load_vocab(tmp_path / "small")
+    pairs = [line.split("\t")[1:] for line in toy_corpus["train"].read_text().splitlines()]
+    kept = [(s.strip(), t.strip()) for s, t in pairs
+            if len(vocab.encode(s.strip())) <= 12 and len(vocab.encode(t.strip())) <= 12]
+    data = ParallelData(tmp_path / "small", "train")
+    assert len(data) == len(kept) < len(pairs)  # some pairs are longer than max_len
+    for i in (0, len(kept) // 2, len(kept) - 1):
+        assert data.src(i).tolist() == vocab.encode(kept[i][0]) and data.tgt(i).tolist() == vocab.encode(kept[i][1])
+    manifest = json.loads((tmp_path / "small" / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["dropped"]["too_long"] == len(pairs) - len(kept)
+    assert not list((tmp_path / "small").glob(".*.raw"))
+
+
+def test_prepare_memory_does_not_grow_with_the_corpus(tmp_path):
+    """A corpus is never held whole: preparing 200,000 pairs (≈30 MB of text; the whole corpus in Python
+    objects would take several times that) raises the process's peak memory by far less than the corpus."""
+    import random
+    import subprocess
+    import sys
+
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(3000)]
+    with open(tmp_path / "big.tsv", "w") as f:
+        for _ in range(200_000):
+            s = " ".join(rng.choice(words) for _ in range(rng.randint(3, 20)))
+            f.write(f"{s}\t{s.upper()}\n")
+    # Linux: VmRSS now, then the peak (VmHWM) reset before preparing and read after it.
+    code = ("import re; from aiayn.data.prepare import prepare, PrepareConfig\n"
+            "def status(key): return int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+            "open('/proc/self/clear_refs', 'w').write('5')\n"
+            "before = status('VmRSS')\n"
+            f"prepare(PrepareConfig(train={str(tmp_path / 'big.tsv')!r}, out={str(tmp_path / 'out')!r}, vocab='char'))\n"
+            "print(before, status('VmHWM'))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if r.returncode != 0 and "clear_refs" in r.stderr:
+        pytest.skip("needs Linux's /proc/self/clear_refs to measure the peak")
+    before, after = map(int, r.stdout.split())
+    corpus_kb = (tmp_path / "big.tsv").stat().st_size // 1024
+    assert after - before < corpus_kb, (before, after, corpus_kb)  # KiB: under 1× the text's size

@@ -14,8 +14,10 @@ Running it again with the same inputs and options does nothing.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -52,16 +54,6 @@ def _fingerprint(cfg: PrepareConfig) -> dict:
         files["spm_model"] = [{"path": cfg.spm_model, "sha256": sha256_file(cfg.spm_model)}]
     options = {k: v for k, v in asdict(cfg).items() if k not in ("train", "dev", "test", "out", "spm_model", "overwrite")}
     return {"inputs": files, "options": options}
-
-
-def _write_array(directory: Path, name: str, seqs: list[list[int]], dtype: np.dtype) -> tuple[int, int]:
-    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = np.fromiter((t for s in seqs for t in s), dtype=dtype, count=int(offsets[-1]))
-    np.save(directory / f"{name}.tokens.npy", flat)
-    np.save(directory / f"{name}.offsets.npy", offsets)
-    return len(seqs), int(offsets[-1])
 
 
 def _token_dtype(vocab_size: int) -> np.dtype:
@@ -105,55 +97,110 @@ def prepare(cfg: PrepareConfig) -> dict:
     return manifest
 
 
-def _read_pairs(spec: str) -> tuple[list[tuple[str, str]], dict]:
-    pairs, dropped = [], {"empty": 0, "too_long": 0}
-    examples: list[str] = []
+ENCODE_CHUNK = 5_000  # pairs encoded at a time: memory stays bounded whatever the corpus size
+
+
+def _usable_pairs(spec: str, report: dict) -> Iterator[tuple[str, str]]:
+    """The stripped (src, tgt) pairs of a corpus, read lazily; empty ones are counted in ``report`` and skipped."""
     for p in read_parallel(spec):
+        report["read"] += 1
         if not p.src.strip() or not p.tgt.strip():
-            dropped["empty"] += 1
-            if len(examples) < 5:
-                examples.append(f"{p.where}: empty side")
+            report["dropped"]["empty"] += 1
+            if len(report["examples"]) < 5:
+                report["examples"].append(f"{p.where}: empty side")
             continue
-        pairs.append((p.src.strip(), p.tgt.strip()))
-    report = {"read": len(pairs) + dropped["empty"], "dropped": dropped, "examples": examples}
-    return pairs, report
+        yield p.src.strip(), p.tgt.strip()
+
+
+def _new_report() -> dict:
+    return {"read": 0, "dropped": {"empty": 0, "too_long": 0}, "examples": []}
+
+
+class _TokenWriter:
+    """Appends sentences' token ids to ``{name}.tokens.npy`` without holding them: the ids stream into a raw
+    file, then the .npy header (whose shape is known only at the end) is written and the data copied
+    behind it in blocks. Offsets (one int64 per sentence) are kept in memory."""
+
+    def __init__(self, directory: Path, name: str, dtype: np.dtype) -> None:
+        self.directory, self.name, self.dtype = directory, name, dtype
+        self.raw_path = directory / f".{name}.tokens.raw"
+        self.raw = open(self.raw_path, "wb")
+        self.lengths: list[np.ndarray] = []
+
+    def add(self, seqs: list[list[int]]) -> None:
+        if seqs:
+            self.raw.write(np.fromiter((t for s in seqs for t in s), dtype=self.dtype).tobytes())
+            self.lengths.append(np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs)))
+
+    def close(self) -> tuple[int, int]:
+        self.raw.close()
+        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.int64)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        n_tokens = int(offsets[-1])
+        with open(self.directory / f"{self.name}.tokens.npy", "wb") as out, open(self.raw_path, "rb") as raw:
+            np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                       "fortran_order": False, "shape": (n_tokens,)})
+            while block := raw.read(1 << 20):
+                out.write(block)
+        self.raw_path.unlink()
+        np.save(self.directory / f"{self.name}.offsets.npy", offsets)
+        return len(lengths), n_tokens
+
+
+def _train_texts(spec: str) -> Iterator[str]:
+    """Both sides of every usable training pair: one joint vocabulary (§5.1) for shared embeddings (§3.4)."""
+    for src, tgt in _usable_pairs(spec, _new_report()):
+        yield src
+        yield tgt
 
 
 def _prepare_parallel(cfg: PrepareConfig, tmp: Path) -> dict:
-    splits: dict[str, tuple[list[tuple[str, str]], dict]] = {}
-    for split in ("train", "dev", "test"):
-        spec = getattr(cfg, split)
-        if spec:
-            splits[split] = _read_pairs(spec)
-    if not splits["train"][0]:
+    """Two passes over the training corpus, neither holding it: one builds the vocabulary (SentencePiece
+    samples at most 2M sentences), the other encodes it ``ENCODE_CHUNK`` pairs at a time into the token
+    files. Memory is bounded by the vocabulary's sample and one chunk, not by the corpus."""
+    # A first read checks every line (a bad one is an error naming its file and line) before anything
+    # consumes the corpus: SentencePiece's trainer could not report an error raised inside its input.
+    checked = _new_report()
+    if sum(1 for _ in _usable_pairs(cfg.train, checked)) == 0:
         raise CorpusError(f"{cfg.train}: no usable sentence pairs")
-
     if cfg.spm_model:
         vocab = SentencePieceVocab.load(Path(cfg.spm_model))
     elif cfg.vocab == "char":
-        vocab = CharVocab.train(t for pair in splits["train"][0] for t in pair)
+        vocab = CharVocab.train(_train_texts(cfg.train))
     else:
-        # One joint vocabulary from both sides (§5.1), so that the embeddings can be shared (§3.4).
-        texts = [t for pair in splits["train"][0] for t in pair]
-        vocab = SentencePieceVocab.train(texts, cfg.vocab_size, cfg.vocab, seed=cfg.seed)
+        vocab = SentencePieceVocab.train(_train_texts(cfg.train), cfg.vocab_size, cfg.vocab, seed=cfg.seed)
     vocab.save(tmp)
     dtype = _token_dtype(len(vocab))
 
     info: dict = {"kind": "parallel", "vocab": vocab_manifest(vocab), "splits": {}}
-    for split, (pairs, report) in splits.items():
-        src_ids = vocab.encode_batch([s for s, _ in pairs])
-        tgt_ids = vocab.encode_batch([t for _, t in pairs])
-        keep = [i for i in range(len(pairs)) if len(src_ids[i]) <= cfg.max_len and len(tgt_ids[i]) <= cfg.max_len]
-        report["dropped"]["too_long"] = len(pairs) - len(keep)
-        if split == "train" and not keep:
-            raise CorpusError(f"{cfg.train}: every pair is longer than max_len={cfg.max_len} tokens")
-        n, src_tok = _write_array(tmp, f"{split}.src", [src_ids[i] for i in keep], dtype)
-        _, tgt_tok = _write_array(tmp, f"{split}.tgt", [tgt_ids[i] for i in keep], dtype)
+    for split in ("train", "dev", "test"):
+        spec = getattr(cfg, split)
+        if not spec:
+            continue
+        report = _new_report()
+        src_out, tgt_out = _TokenWriter(tmp, f"{split}.src", dtype), _TokenWriter(tmp, f"{split}.tgt", dtype)
         # Keep the raw text of the evaluation splits: BLEU is computed against the untokenized reference.
-        if split != "train":
-            with open(tmp / f"{split}.txt.jsonl", "w", encoding="utf-8") as f:
+        text = open(tmp / f"{split}.txt.jsonl", "w", encoding="utf-8") if split != "train" else None
+        pairs = _usable_pairs(spec, report)
+        while chunk := list(itertools.islice(pairs, ENCODE_CHUNK)):
+            src_ids = vocab.encode_batch([s for s, _ in chunk])
+            tgt_ids = vocab.encode_batch([t for _, t in chunk])
+            keep = [i for i in range(len(chunk)) if len(src_ids[i]) <= cfg.max_len and len(tgt_ids[i]) <= cfg.max_len]
+            report["dropped"]["too_long"] += len(chunk) - len(keep)
+            src_out.add([src_ids[i] for i in keep])
+            tgt_out.add([tgt_ids[i] for i in keep])
+            if text is not None:
                 for i in keep:
-                    f.write(json.dumps({"src": pairs[i][0], "tgt": pairs[i][1]}, ensure_ascii=False) + "\n")
+                    text.write(json.dumps({"src": chunk[i][0], "tgt": chunk[i][1]}, ensure_ascii=False) + "\n")
+        if text is not None:
+            text.close()
+        n, src_tok = src_out.close()
+        _, tgt_tok = tgt_out.close()
+        if split == "train" and n == 0:
+            if report["read"] == report["dropped"]["empty"]:
+                raise CorpusError(f"{cfg.train}: no usable sentence pairs")
+            raise CorpusError(f"{cfg.train}: every pair is longer than max_len={cfg.max_len} tokens")
         info["splits"][split] = {"pairs": n, "src_tokens": src_tok, "tgt_tokens": tgt_tok, **report}
         if sum(report["dropped"].values()):
             log.warning("%s: dropped %s", split, report["dropped"])
