@@ -205,8 +205,9 @@ def collect(out: str | Path, cfg: Table2Config) -> dict:
 
 def markdown(results: dict) -> str:
     m, b = results["machine"], results["budget"]
+    test = f"the first {b['test_sentences']} sentences of the test split" if b["test_sentences"] else "test split"
     lines = [f"Measured on {m['cpu']} ({m['threads']} threads), {results['date']}: every system {b['minutes']:g} minutes "
-             "of training on Bible es→en, test split, beam 4, α = 0.6, last 5 checkpoints averaged, sacreBLEU.", "",
+             f"of training on Bible es→en, {test}, beam 4, α = 0.6, last 5 checkpoints averaged, sacreBLEU.", "",
              "| system | params ×10⁶ | steps | test BLEU | chrF | FLOPs counted | FLOPs the paper's way | utilisation |",
              "|---|---|---|---|---|---|---|---|"]
     for s in SYSTEMS:
