@@ -49,10 +49,12 @@ def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> Tenso
     return torch.arange(t_k, device=device).unsqueeze(0) <= q_pos
 
 
-def band_mask(t_q: int, t_k: int, window: int, causal: bool, device: torch.device | None = None) -> Tensor:
-    """Restricted self-attention (Table 1, §4): (t_q, t_k) bool mask where query i (the last t_q of t_k
-    positions) sees the keys at most ``window`` positions away — only earlier ones (and itself) when causal."""
-    q_pos = torch.arange(t_q, device=device).unsqueeze(1) + (t_k - t_q)
+def band_mask(t_q: int, t_k: int, window: int, causal: bool, device: torch.device | None = None,
+              first: int | None = None) -> Tensor:
+    """Restricted self-attention (Table 1, §4): (t_q, t_k) bool mask where query i (at key position
+    ``first`` + i; by default the queries are the last t_q of t_k positions) sees the keys at most
+    ``window`` positions away — only earlier ones (and itself) when causal."""
+    q_pos = torch.arange(t_q, device=device).unsqueeze(1) + (t_k - t_q if first is None else first)
     dist = torch.arange(t_k, device=device).unsqueeze(0) - q_pos  # key position − query position
     return (dist >= -window) & (dist <= (0 if causal else window))
 
@@ -92,9 +94,9 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, window: int, causal: bool, 
     real = torch.zeros(bsz, r + n + right, dtype=torch.bool, device=q.device)
     real[:, r : r + n] = True if key_real is None else key_real
     real = real.unfold(1, span, blk)  # (B, nb, span): which keys of each block's span exist
-    dist = torch.arange(span, device=q.device) - r - torch.arange(blk, device=q.device).unsqueeze(1)  # (b, span)
-    band = (dist >= -r) & (dist <= (0 if causal else r))
-    allowed = band & (real[:, :, None, :] | (dist == 0))  # (B, nb, b, span); itself: see restricted_mask
+    band = band_mask(blk, span, r, causal, q.device, first=r)  # (b, span): block query a sits at span position r + a
+    itself = band_mask(blk, span, 0, False, q.device, first=r)
+    allowed = band & (real[:, :, None, :] | itself)  # (B, nb, b, span); itself: see restricted_mask
     out = F.scaled_dot_product_attention(
         qb.reshape(bsz * nb, h, blk, dk), spans(k).reshape(bsz * nb, h, span, dk),
         spans(v).reshape(bsz * nb, h, span, v.size(-1)), attn_mask=allowed.view(bsz * nb, 1, blk, span),
@@ -282,11 +284,6 @@ class MultiHeadAttention(nn.Module):
                 q, k = self.rope(q, offset), self.rope(k, offset)
             if cache is not None:
                 k, v = cache.append(k, v)
-            if self.window:
-                out = self.restricted(x, q, k, v, mask, causal)
-                if cache is not None:
-                    cache.keep_last(self.window)  # the next query looks back r positions at most
-                return out
         else:
             q = self._heads(self.project(x, self.q_rows))
             if static_kv and cache is not None and cache.k is not None:
@@ -308,13 +305,21 @@ class MultiHeadAttention(nn.Module):
             q = q.view(n, groups, h, t_g, dk).transpose(1, 2).reshape(n, h, groups * t_g, dk)
 
         t_q, t_k = q.size(2), k.size(2)
-        if causal and t_q > 1 and (mask is not None or t_q != t_k):
+        recorder = ATTENTION_RECORDER.get()  # set by recording_attention() for this thread / task only
+        p = self.dropout if self.training else 0.0
+        local = bool(self.window) and self.local(q, k, mask, recorder is not None)
+        if self.window and not local:  # restricted attention as equation (1) under the band (only self-attention)
+            mask, causal = restricted_mask(mask, t_q, t_k, self.window, causal, x.device), False
+        elif causal and t_q > 1 and (mask is not None or t_q != t_k):
             cm = causal_mask(t_q, t_k, x.device)  # with a cache: the last t_q of t_k positions
             mask = cm if mask is None else mask & cm
             causal = False  # in the mask now
-        recorder = ATTENTION_RECORDER.get()  # set by recording_attention() for this thread / task only
-        p = self.dropout if self.training else 0.0
-        out, weights = self.kernel(q, k, v, mask, bool(causal and t_q > 1), p, need_weights=recorder is not None)
+        if local:
+            out, weights = local_attention(q, k, v, self.window, causal, None if mask is None else mask[:, 0, 0, :], p), None
+        else:
+            out, weights = self.kernel(q, k, v, mask, bool(causal and t_q > 1), p, need_weights=recorder is not None)
+        if self.window and cache is not None:
+            cache.keep_last(self.window)  # the next query looks back r positions at most
         if groups > 1:  # back to one row per beam
             out = out.view(n, h, groups, t_g, -1).transpose(1, 2).reshape(n * groups, h, t_g, -1)
             if weights is not None:
@@ -325,25 +330,14 @@ class MultiHeadAttention(nn.Module):
         out = out.transpose(1, 2).reshape(b_, t, h * dk)  # concatenate the heads: (B, T, d)
         return self.out_proj(out)
 
-    def restricted(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
-        """Restricted self-attention (``window`` = r > 0): :func:`local_attention` in O(n·r) over a whole
-        sequence; equation (1) / SDPA under :func:`restricted_mask` for decoding steps, short sequences,
-        the reference path and when the weights are recorded."""
-        t_q, t_k = q.size(2), k.size(2)
-        recorder = ATTENTION_RECORDER.get()
-        p = self.dropout if self.training else 0.0
+    def local(self, q: Tensor, k: Tensor, mask: Tensor | None, recording: bool) -> bool:
+        """Whether restricted self-attention (``window`` = r > 0) takes :func:`local_attention`, O(n·r): over
+        a whole sequence long enough for its blocks, with at most a key-padding mask. Decoding steps, short
+        sequences, the reference path and recorded weights take equation (1) / SDPA under
+        :func:`restricted_mask`."""
         key_padding = mask is None or (mask.dim() == 4 and mask.shape[1:3] == (1, 1))  # (B, 1, 1, T) or none
-        if (self.impl != "reference" and recorder is None and t_q == t_k and key_padding
-                and t_k > 2 * max(self.window, LOCAL_BLOCK) + 2 * self.window):
-            key_real = None if mask is None else mask[:, 0, 0, :]
-            out = local_attention(q, k, v, self.window, causal, key_real, p)
-        else:
-            mask = restricted_mask(mask, t_q, t_k, self.window, causal, x.device)
-            out, weights = self.kernel(q, k, v, mask, False, p, need_weights=recorder is not None)
-            if recorder is not None:
-                recorder.add(self, weights.detach())  # type: ignore[union-attr]
-        b_, h, t, dk = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b_, t, h * dk))
+        return (self.impl != "reference" and not recording and q.size(2) == k.size(2) and key_padding
+                and k.size(2) > 2 * max(self.window, LOCAL_BLOCK) + 2 * self.window)
 
     def kernel(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, dropout: float,
                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
