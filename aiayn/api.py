@@ -114,10 +114,9 @@ class Model:
 def load(path: str | Path, device: str = "auto") -> Model:
     """A model directory aiayn wrote (a trained model, a checkpoint or an average), verified on load, on
     ``device`` (``auto``: a GPU if there is one, else the CPU; ``cpu``; ``cuda[:N]``)."""
-    from .runtime import pick_device
     from .train.checkpoint import load_model_dir
 
-    network, vocab, config = load_model_dir(path, pick_device(device))
+    network, vocab, config = load_model_dir(path, device)
     return Model(network, vocab, config, Path(path))
 
 

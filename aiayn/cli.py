@@ -100,10 +100,9 @@ def _decode_cfg(a: argparse.Namespace):
 
 
 def _load(path: str, device: str = "cpu"):
-    from .runtime import pick_device
     from .train.checkpoint import load_model_dir
 
-    return load_model_dir(path, pick_device(device))
+    return load_model_dir(path, device)
 
 
 def _arch(config: dict) -> str:

@@ -48,9 +48,7 @@ def run_demo(model_dir: str | None = None, n: int = 100, out=sys.stdout, device:
 
     path = Path(model_dir) if model_dir else shipped_model_dir()
     t0 = time.perf_counter()
-    from .runtime import pick_device
-
-    model, vocab, config = load_model_dir(path, pick_device(device))
+    model, vocab, config = load_model_dir(path, device)
     tr = Translator(model, vocab)  # the paper's search: beam 4, α = 0.6, max length source + 50
     print(f"model {path} ({count_parameters(model):,} parameters, step {config.get('step', '?')}), beam 4, α 0.6", file=out)
     print(file=out)

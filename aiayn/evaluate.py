@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import PAD_ID
+from .config import MASKED_LANGUAGE_MODELS, PAD_ID
 from .data.batching import ParallelData, collate, token_batches
 from .data.corpus import CorpusError, read_parallel
 from .decode.translate import DecodeConfig, Translator
@@ -146,12 +146,6 @@ def lm_loss(model, tokens: np.ndarray, block_size: int, device: torch.device | s
     return {"val_loss": loss, "ppl": math.exp(loss), "tokens": count}
 
 
-def lm_validation(model, valid_tokens, block_size: int, limit: int = 0, device: torch.device | str = "cpu") -> dict:
-    """What training logs for a language model: ``{"val_loss", "ppl"}`` over the first ``limit`` validation
-    tokens (0: all), every one predicted once (:func:`lm_loss`)."""
-    n = limit or len(valid_tokens)
-    res = lm_loss(model, np.asarray(valid_tokens[: n + 1]), block_size, device)
-    return {"val_loss": res["val_loss"], "ppl": res["ppl"]}
 
 
 @torch.no_grad()
@@ -181,9 +175,18 @@ def mlm_loss(model, tokens: np.ndarray, block_size: int, device: torch.device | 
     return {"val_loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": count}
 
 
-def mlm_validation(model, valid_tokens, block_size: int, limit: int = 0, device: torch.device | str = "cpu") -> dict:
-    """What training logs for an encoder-only model: ``{"val_loss", "ppl"}`` of masked-token prediction."""
-    res = mlm_loss(model, np.asarray(valid_tokens[: limit or len(valid_tokens)]), block_size, device)
+def lm_scorer(model):
+    """How a language model is scored: :func:`mlm_loss` (masked-token prediction) for an encoder-only
+    model, :func:`lm_loss` (every next token) for the others."""
+    return mlm_loss if model.cfg.arch in MASKED_LANGUAGE_MODELS else lm_loss
+
+
+def lm_validation(model, valid_tokens, block_size: int, limit: int = 0, device: torch.device | str = "cpu") -> dict:
+    """What training logs for a language model: ``{"val_loss", "ppl"}`` over the first ``limit`` validation
+    tokens (0: all), scored by :func:`lm_scorer` (next-token prediction reads one token more than it predicts)."""
+    score = lm_scorer(model)
+    n = (limit or len(valid_tokens)) + (score is lm_loss)
+    res = score(model, np.asarray(valid_tokens[:n]), block_size, device)
     return {"val_loss": res["val_loss"], "ppl": res["ppl"]}
 
 
@@ -202,5 +205,4 @@ def evaluate_lm_text(model, vocab, path: str | Path, tail_fraction: float = 0.0,
     if tail_fraction:
         text = text[int(len(text) * (1 - tail_fraction)) :]
     ids = np.asarray(encode_lm_text(vocab, text))
-    score = mlm_loss if model.cfg.arch == "encoder-only" else lm_loss  # masked-token prediction, or next-token
-    return score(model, ids, block_size or model.cfg.max_positions, device=device_of(model))
+    return lm_scorer(model)(model, ids, block_size or model.cfg.max_positions, device=device_of(model))

@@ -112,11 +112,10 @@ class Service:
     def __init__(self, model_dir: str | Path, limits: Limits | None = None, device: str = "cpu") -> None:
         from ..accel import accelerate
         from ..model import count_parameters
-        from ..runtime import pick_device
         from ..train.checkpoint import load_model_dir, model_arch
 
         self.model_dir = Path(model_dir)
-        self.model, self.vocab, self.config = load_model_dir(model_dir, pick_device(device))
+        self.model, self.vocab, self.config = load_model_dir(model_dir, device)
         if device_of(self.model).type == "cpu":
             accelerate(self.model)  # once, before any request (aiayn.accel)
         self.arch = model_arch(self.config)

@@ -141,7 +141,11 @@ def _step(checkpoint: Path) -> int:
 
 
 def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Any, dict[str, Any]]:
-    """Load (model in eval mode, vocabulary, config dict) from a model or checkpoint directory."""
+    """Load (model in eval mode, vocabulary, config dict) from a model or checkpoint directory, onto ``device``
+    (a name is checked by :func:`aiayn.runtime.pick_device`: ``auto``, ``cpu``, ``cuda[:N]``)."""
+    from ..runtime import pick_device
+
+    device = pick_device(device) if isinstance(device, str) else device
     d = Path(directory)
     config = read_config(d)
     try:

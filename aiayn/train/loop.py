@@ -71,7 +71,7 @@ class Trainer:
         self.kind = manifest["kind"]
         self.vocab = load_vocab(cfg.data)
         if cfg.init_from:
-            _check_same_vocabulary(cfg.init_from, cfg.data)
+            _check_same_vocabulary(cfg.init_from, self.vocab, cfg.data)
         m = run.model
         if self.kind == "parallel" and m.arch not in TRANSLATION_MODELS:
             raise ConfigError(f"parallel data needs a translation model ({', '.join(TRANSLATION_MODELS)}), not {m.arch}")
@@ -210,10 +210,9 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
         if self.kind == "lm":
-            from ..evaluate import lm_validation, mlm_validation
+            from ..evaluate import lm_validation
 
-            validate = mlm_validation if self.run.model.arch in MASKED_LANGUAGE_MODELS else lm_validation
-            return validate(self.model, self.feed.valid_tokens, self.feed.block, self.cfg.eval_lm_tokens, self.device)
+            return lm_validation(self.model, self.feed.valid_tokens, self.feed.block, self.cfg.eval_lm_tokens, self.device)
         if self.feed.dev_data is None:
             return {}
         from ..evaluate import corpus_loss, greedy_bleu
@@ -375,13 +374,12 @@ class Trainer:
         return metrics
 
 
-def _check_same_vocabulary(model_dir: str, data_dir: str) -> None:
-    """A fine-tuned model must read the data with the vocabulary it was trained with."""
+def _check_same_vocabulary(model_dir: str, ours, data_dir: str) -> None:
+    """A fine-tuned model must read the data (vocabulary ``ours``) with the vocabulary it was trained with."""
     try:
         theirs = load_vocab(model_dir)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise ConfigError(f"train.init_from: {model_dir}: cannot load its vocabulary ({e})") from None
-    ours = load_vocab(data_dir)
     if type(theirs) is not type(ours) or theirs.pieces(range(len(theirs))) != ours.pieces(range(len(ours))):
         hint = (f"prepare it with --spm-model {model_dir}/{theirs.filename}" if theirs.filename == "spm.model"
                 else "prepare it with the same vocabulary")

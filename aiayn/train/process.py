@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..runtime import pick_device
+
 log = logging.getLogger(__name__)
 
 
@@ -54,12 +56,6 @@ class Processes:
     def end(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def pick_device(name: str) -> torch.device:
-    from ..runtime import pick_device as pick
-
-    return pick(name)
 
 
 def autocast_context(device: torch.device, dtype: str):
