@@ -13,7 +13,8 @@ import torch
 from .config import BOS_ID, EOS_ID
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot with the non-interactive backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,7 +42,7 @@ def read_log(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
 
 def plot_curves(run_dir: str | Path, out: str | Path, title: str | None = None) -> Path:
     """Training loss, validation loss, validation BLEU (if any) and learning rate, against steps and minutes."""
-    plt = _plt()
+    plt = pyplot()
     train, evals = read_log(run_dir)
     if not train:
         raise ValueError(f"{run_dir}: the log has no training records yet")
@@ -70,7 +71,7 @@ def plot_curves(run_dir: str | Path, out: str | Path, title: str | None = None) 
     ax.grid(alpha=0.3)
     fig.suptitle(title or str(run_dir))
     fig.tight_layout()
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def _minutes_axis(ax, train: list[dict]) -> None:
@@ -89,7 +90,7 @@ def plot_positional(out: str | Path, positions: int = 50, d_model: int = 512) ->
     """Heatmaps of the sinusoidal encoding in both layouts, and a few dimensions as waves."""
     from .model import sinusoidal_table
 
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     for ax, layout in zip(axes[:2], ("interleaved", "concat")):
         pe = sinusoidal_table(positions, d_model, layout)
@@ -106,7 +107,7 @@ def plot_positional(out: str | Path, positions: int = 50, d_model: int = 512) ->
     axes[2].set_title("PE(pos, i) for a few dimensions")
     axes[2].legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 @torch.no_grad()
@@ -143,7 +144,7 @@ def plot_attention(model, vocab, text: str, out: str | Path, kinds: tuple[str, .
     """A grid of attention maps with token labels: one row per (kind, layer), one column per head.
 
     ``layers``: layer numbers, ``"last"`` (each kind's last layer: a readable default) or None (all)."""
-    plt = _plt()
+    plt = pyplot()
     maps = attention_maps(model, vocab, text)
     rows = []
     for kind in kinds:
@@ -170,14 +171,19 @@ def plot_attention(model, vocab, text: str, out: str | Path, kinds: tuple[str, .
             ax.set_title(f"{kind} layer {layer} head {h}", fontsize=9)
     fig.suptitle(f"{text}  →  {maps['translation']}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the title above the panels
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
-def _save(fig, out: str | Path) -> Path:
+def save_figure(fig, out: str | Path) -> Path:
+    """A figure as a PNG, written atomically (a reader sees the old picture or the new one), and closed."""
+    import io
+
+    from .atomic import write_bytes_atomic
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    pyplot().close(fig)
+    write_bytes_atomic(out, buf.getvalue())
     return out

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # aiayn from this checkout
 
-FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-
-
 def cpu() -> dict:
-    from aiayn.accel.choose import cpu_info
+    from aiayn.accel.choose import describe_cpu
 
-    name, flags = cpu_info()
-    return {"cpu": name, "features": [f for f in FEATURES if f in flags], "cores": os.cpu_count()}
+    return describe_cpu()
 
 
 def describe() -> str:

@@ -76,6 +76,15 @@ def cpu_info() -> tuple[str, set[str]]:
     return name, flags
 
 
+ISA_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")  # what decides the fast paths
+
+
+def describe_cpu() -> dict:
+    """The CPU a measurement ran on: model name, the ISA features of :data:`ISA_FEATURES` it has, cores."""
+    name, flags = cpu_info()
+    return {"cpu": name, "features": [f for f in ISA_FEATURES if f in flags], "cores": os.cpu_count()}
+
+
 def cpu_key() -> str:
     """CPU model, the ISA features that matter here, PyTorch version and threads."""
     name, flags = cpu_info()

@@ -161,8 +161,7 @@ def _prepare_parallel(cfg: PrepareConfig, tmp: Path) -> dict:
     files. Memory is bounded by the vocabulary's sample and one chunk, not by the corpus."""
     # A first read checks every line (a bad one is an error naming its file and line) before anything
     # consumes the corpus: SentencePiece's trainer could not report an error raised inside its input.
-    checked = _new_report()
-    if sum(1 for _ in _usable_pairs(cfg.train, checked)) == 0:
+    if sum(1 for _ in _usable_pairs(cfg.train, _new_report())) == 0:
         raise CorpusError(f"{cfg.train}: no usable sentence pairs")
     if cfg.spm_model:
         vocab = SentencePieceVocab.load(Path(cfg.spm_model))
@@ -197,9 +196,7 @@ def _prepare_parallel(cfg: PrepareConfig, tmp: Path) -> dict:
             text.close()
         n, src_tok = src_out.close()
         _, tgt_tok = tgt_out.close()
-        if split == "train" and n == 0:
-            if report["read"] == report["dropped"]["empty"]:
-                raise CorpusError(f"{cfg.train}: no usable sentence pairs")
+        if split == "train" and n == 0:  # there were usable pairs (checked above): all were too long
             raise CorpusError(f"{cfg.train}: every pair is longer than max_len={cfg.max_len} tokens")
         info["splits"][split] = {"pairs": n, "src_tokens": src_tok, "tgt_tokens": tgt_tok, **report}
         if sum(report["dropped"].values()):

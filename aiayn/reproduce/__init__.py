@@ -13,13 +13,11 @@ directory holding anything else is refused, never written over.
 
 from __future__ import annotations
 
-import io
 import json
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ..atomic import LISTING, OutputError, _listing, write_bytes_atomic, write_json_atomic, write_text_atomic
+from ..atomic import LISTING, OutputError, _listing, write_json_atomic, write_text_atomic
 from ..config import ConfigError
 
 WHAT = "reproduce directory"
@@ -92,33 +90,11 @@ def save_table(out: str | Path, name: str, results: dict, markdown: Callable[[di
     return paths
 
 
-def save_figure(fig, path: str | Path) -> Path:
-    """A matplotlib figure as a PNG, written atomically."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
-    return Path(path)
-
-
 def machine() -> dict:
     """The CPU (model name and the ISA features that decide the fast paths) and the threads used."""
     import torch
 
-    from ..accel.choose import cpu_info
+    from ..accel.choose import describe_cpu
 
-    name, flags = cpu_info()
-    features = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if f in flags]
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": name, "features": features, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "gpu": gpu}
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return {**describe_cpu(), "threads": torch.get_num_threads(), "gpu": gpu}

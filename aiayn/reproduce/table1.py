@@ -33,7 +33,8 @@ from torch import Tensor, nn
 
 from ..model.attention import MultiHeadAttention
 from ..model.conv import ConvLayer
-from . import machine, pyplot, save_figure, save_table
+from ..viz import pyplot, save_figure
+from . import machine, save_table
 
 KINDS = ("self-attention", "recurrent", "convolutional", "separable convolutional", "restricted self-attention")
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from ..atomic import write_json_atomic
 from ..config import ConfigError, DecodeConfig, load_run_config
-from . import claim_directory, finished, machine, prepare_corpus, pyplot, result_done, save_figure, save_table
+from ..viz import pyplot, save_figure
+from . import claim_directory, finished, machine, prepare_corpus, result_done, save_table
 
 
 @dataclass(frozen=True)
