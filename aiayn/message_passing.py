@@ -77,12 +77,9 @@ def as_attention(receivers: Tensor, senders: Tensor, edges: Edges, w_q: Tensor, 
 
 def draw(out: str, n: int = 5) -> str:
     """The three graphs as pictures: the paper's three attentions."""
-    import matplotlib
+    from .viz import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    fig, axes = pyplot().subplots(1, 3, figsize=(12, 3.6))
     panels = [("encoder self-attention\n(complete graph)", complete_graph(n), "src", "src"),
               ("decoder masked self-attention\n(causal graph)", causal_graph(n), "tgt", "tgt"),
               ("encoder-decoder attention\n(bipartite graph)", bipartite_graph(n, n), "src", "tgt")]
@@ -109,7 +106,7 @@ def draw(out: str, n: int = 5) -> str:
         ax.set_ylim(-0.6, 1.6)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    save_figure(fig, out)
     return out
 
 

@@ -161,12 +161,9 @@ def main() -> None:
         print(f"{name:>12}: validation loss {row['val_loss']:.4f} nats/char, {row['steps']:,} steps, "
               f"{row['train_seconds']:.0f} s of training, {row['parameters']:,} parameters", flush=True)
 
-    import matplotlib
+    from aiayn.viz import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = pyplot().subplots(figsize=(7, 4.2))
     for i, (name, pts) in enumerate(curves.items()):
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=2.5, label=name, color=f"C{i + 2}")
     for i, row in enumerate(r for r in rows if r["model"] in ("bigram", "kn5")):
@@ -179,8 +176,7 @@ def main() -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.plot, dpi=110)
+    save_figure(fig, args.plot)
     print(f"plot: {args.plot}")
     write_results("lineage_lm", {"minutes": args.minutes, "threads": args.threads, "rows": rows,
                                  "curves": {k: [[round(a, 3), round(b, 4)] for a, b in v] for k, v in curves.items()}},
