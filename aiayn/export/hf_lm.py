@@ -42,20 +42,24 @@ def _get(sd: dict[str, Tensor], name: str, like: str | None = None) -> Tensor:
     return torch.zeros(sd[like].shape[0])
 
 
+def _copy(out: dict[str, Tensor], sd: dict[str, Tensor], theirs: str, ours: str, transpose: bool = False) -> None:
+    """``ours``.weight and .bias (zeros where the model has none) as ``theirs``.weight and .bias."""
+    w = _get(sd, ours + ".weight")
+    out[theirs + ".weight"] = w.T.contiguous() if transpose else w  # GPT-2's Conv1D stores (in, out)
+    out[theirs + ".bias"] = _get(sd, ours + ".bias", ours + ".weight")
+
+
 def gpt2_state_dict(model) -> dict[str, Tensor]:
     sd, cfg = model.state_dict(), model.cfg
     out = {"transformer.wte.weight": _get(sd, "decoder.input.embedding.weight"),
-           "transformer.wpe.weight": _get(sd, "decoder.input.positional.table.weight"),
-           "transformer.ln_f.weight": _get(sd, "decoder.norm.weight"),
-           "transformer.ln_f.bias": _get(sd, "decoder.norm.bias", "decoder.norm.weight")}
+           "transformer.wpe.weight": _get(sd, "decoder.input.positional.table.weight")}
+    _copy(out, sd, "transformer.ln_f", "decoder.norm")
     for i in range(cfg.n_decoder_layers):
         k, h = _layer_keys(i), f"transformer.h.{i}."
         for ours, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
-            out[h + theirs + ".weight"] = _get(sd, k[ours] + ".weight")
-            out[h + theirs + ".bias"] = _get(sd, k[ours] + ".bias", k[ours] + ".weight")
+            _copy(out, sd, h + theirs, k[ours])
         for ours, theirs in (("qkv", "attn.c_attn"), ("out", "attn.c_proj"), ("fc1", "mlp.c_fc"), ("fc2", "mlp.c_proj")):
-            out[h + theirs + ".weight"] = _get(sd, k[ours] + ".weight").T.contiguous()  # Conv1D: (in, out)
-            out[h + theirs + ".bias"] = _get(sd, k[ours] + ".bias", k[ours] + ".weight")
+            _copy(out, sd, h + theirs, k[ours], transpose=True)
     out["lm_head.weight"] = out["transformer.wte.weight"]
     return out
 
@@ -64,20 +68,17 @@ def neox_state_dict(model) -> dict[str, Tensor]:
     sd, cfg = model.state_dict(), model.cfg
     h_, dk, d = cfg.n_heads, cfg.d_k, cfg.d_model
     emb = _get(sd, "decoder.input.embedding.weight")
-    out = {"gpt_neox.embed_in.weight": emb, "lm_head.weight": emb.clone(),
-           "gpt_neox.final_layer_norm.weight": _get(sd, "decoder.norm.weight"),
-           "gpt_neox.final_layer_norm.bias": _get(sd, "decoder.norm.bias", "decoder.norm.weight")}
+    out = {"gpt_neox.embed_in.weight": emb, "lm_head.weight": emb.clone()}
+    _copy(out, sd, "gpt_neox.final_layer_norm", "decoder.norm")
     for i in range(cfg.n_decoder_layers):
         k, p = _layer_keys(i), f"gpt_neox.layers.{i}."
-        for ours, theirs in (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")):
-            out[p + theirs + ".weight"] = _get(sd, k[ours] + ".weight")
-            out[p + theirs + ".bias"] = _get(sd, k[ours] + ".bias", k[ours] + ".weight")
-        w = _get(sd, k["qkv"] + ".weight").view(3, h_, dk, d).transpose(0, 1).reshape(3 * d, d)  # per head: q, k, v
+        for ours, theirs in (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm"), ("out", "attention.dense"),
+                             ("fc1", "mlp.dense_h_to_4h"), ("fc2", "mlp.dense_4h_to_h")):
+            _copy(out, sd, p + theirs, k[ours])
+        # GPT-NeoX stacks q, k, v per head ((h, 3, d_k) rows); aiayn per kind ((3, h, d_k) rows).
+        w = _get(sd, k["qkv"] + ".weight").view(3, h_, dk, d).transpose(0, 1).reshape(3 * d, d)
         b = _get(sd, k["qkv"] + ".bias", k["qkv"] + ".weight").view(3, h_, dk).transpose(0, 1).reshape(3 * d)
         out[p + "attention.query_key_value.weight"], out[p + "attention.query_key_value.bias"] = w.contiguous(), b.contiguous()
-        for ours, theirs in (("out", "attention.dense"), ("fc1", "mlp.dense_h_to_4h"), ("fc2", "mlp.dense_4h_to_h")):
-            out[p + theirs + ".weight"] = _get(sd, k[ours] + ".weight")
-            out[p + theirs + ".bias"] = _get(sd, k[ours] + ".bias", k[ours] + ".weight")
     return out
 
 
