@@ -155,6 +155,15 @@ def test_reproduce_table2_runs_and_counts(toy_corpus, tmp_path, capsys):
     assert set(results["rows"]) == {"rnnsearch", "transformer-base"}
     for r in results["rows"].values():
         assert r["steps"] >= 1 and r["flops_counted"] > 0 and r["flops_paper_way"] > 0
+    # target tokens trained: updates × the mean target tokens of a batch (y + </s>, as the loss counts them)
+    import numpy as np
+
+    from aiayn.data.batching import ParallelData, token_batches
+
+    d = ParallelData(tmp_path / "r" / "table2" / "data", "train")
+    per_batch = np.mean([int(d.tgt_lens[b].sum()) for b in token_batches(d.src_lens, d.tgt_lens, 2500, seed=1234)])
+    for r in results["rows"].values():
+        assert r["target_tokens_trained"] == round(r["steps"] * per_batch)
     assert "| Transformer (big) | 28.4 | 41.8 | 2.3e+19 | 2.3e+19 |" in out
     with pytest.raises(SystemExit):
         main(["reproduce", "table2", "--systems", "lstm"])

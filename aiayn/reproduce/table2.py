@@ -144,7 +144,7 @@ def run_system(system: System, cfg: Table2Config, work: Path, data: Path, rates:
     from ..data.batching import ParallelData, collate, token_batches
     from ..evaluate import evaluate_translation
     from ..model import build_model, count_parameters
-    from ..train.checkpoint import average_checkpoints, load_model_dir
+    from ..train.checkpoint import average_checkpoints, last_checkpoints, load_model_dir
     from ..train.loop import train
 
     sys_dir = work / system.id
@@ -159,13 +159,13 @@ def run_system(system: System, cfg: Table2Config, work: Path, data: Path, rates:
     run = load_run_config(None, {"model": system.model, "train": train_cfg})
     progress(f"table2: {system.id} — training {cfg.minutes:g} minutes")
     trained = train(run)
-    ckpts = sorted((sys_dir / "run" / "checkpoints").glob("step_*"))[-5:]
+    ckpts = last_checkpoints(sys_dir / "run", 5)
     model, vocab, _ = load_model_dir(average_checkpoints(ckpts, sys_dir / "averaged", overwrite=True))
     scores, _ = evaluate_translation(model, vocab, Path(cfg.corpus) / "test.tsv", DecodeConfig(), limit=cfg.test_sentences)
 
     train_data = ParallelData(data, "train")
     batches = token_batches(train_data.src_lens, train_data.tgt_lens, run.train.max_tokens, seed=run.train.seed)
-    tokens_per_batch = float(np.mean([int(np.asarray(train_data.tgt_lens)[b].sum()) + len(b) for b in batches]))
+    tokens_per_batch = float(np.mean([int(train_data.tgt_lens[b].sum()) for b in batches]))  # y + </s> per sentence
     sample = [collate(train_data, b) for b in batches[: cfg.count_batches]]
     flops, tokens = count_training_flops(build_model(model.cfg), sample)  # the plain model: the FLOPs of its products
     tokens_trained = trained["step"] * run.train.update_freq * tokens_per_batch
