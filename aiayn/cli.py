@@ -304,33 +304,22 @@ def cmd_word2vec(a: argparse.Namespace) -> None:
 # --- reproduce ---------------------------------------------------------------------------------
 def cmd_reproduce(a: argparse.Namespace) -> None:
     _threads(a.threads)
+    from .reproduce import table1, table2, table3
+
     if a.what == "table1":
-        from .reproduce import table1
-
-        cfg = table1.Table1Config.quick() if a.quick else table1.Table1Config()
-        results = table1.run(cfg, progress=lambda line: print(line, file=sys.stderr))
-        paths = table1.save(results, a.out)
-        print(table1.markdown(results), end="")
-        print(f"→ {', '.join(map(str, paths))}")
+        table, cfg = table1, table1.Table1Config.quick() if a.quick else table1.Table1Config()
     elif a.what == "table2":
-        from .reproduce import table2
-
-        cfg2 = table2.Table2Config(corpus=a.corpus, out=a.out, systems=table2.select_systems(a.systems), minutes=a.minutes,
-                                   test_sentences=a.test_sentences, vocab_size=a.vocab_size, threads=a.threads)
-        results = table2.run(cfg2, progress=lambda line: print(line, file=sys.stderr, flush=True))
-        paths = table2.save(results, a.out)
-        print(table2.markdown(results), end="")
-        print(f"→ {', '.join(map(str, paths))}")
-    elif a.what == "table3":
-        from .reproduce import table3
-
-        cfg = table3.Table3Config(corpus=a.corpus, out=a.out, rows=table3.select_rows(a.rows), steps=a.steps,
-                                  minutes=a.minutes, dev_sentences=a.dev_sentences, vocab_size=a.vocab_size,
-                                  threads=a.threads)
-        results = table3.run(cfg, progress=lambda line: print(line, file=sys.stderr, flush=True))
-        paths = table3.save(results, a.out)
-        print(table3.markdown(results), end="")
-        print(f"→ {', '.join(map(str, paths))}")
+        table, cfg = table2, table2.Table2Config(
+            corpus=a.corpus, out=a.out, systems=table2.select_systems(a.systems), minutes=a.minutes,
+            test_sentences=a.test_sentences, vocab_size=a.vocab_size, threads=a.threads)
+    else:
+        table, cfg = table3, table3.Table3Config(
+            corpus=a.corpus, out=a.out, rows=table3.select_rows(a.rows), steps=a.steps, minutes=a.minutes,
+            dev_sentences=a.dev_sentences, vocab_size=a.vocab_size, threads=a.threads)
+    results = table.run(cfg, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    paths = table.save(results, a.out)
+    print(table.markdown(results), end="")
+    print(f"→ {', '.join(map(str, paths))}")
 
 
 # --- serve -------------------------------------------------------------------------------------
