@@ -586,7 +586,8 @@ class TrainConfig:
     def validate(self) -> None:
         """Refuse values that would crash later (a division by zero) or lose work (keep_last 0)."""
         _check_literals(self)
-        for name in ("save_every", "eval_every", "log_every", "update_freq", "keep_last", "max_tokens", "batch_size"):
+        for name in ("save_every", "eval_every", "log_every", "update_freq", "keep_last", "max_tokens", "batch_size",
+                     "eval_beam"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_steps", "max_epochs", "max_minutes", "block_size", "eval_bleu_sentences", "eval_lm_tokens",
@@ -595,8 +596,6 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
         if self.lr_schedule == "inverse_sqrt" and self.warmup < 1:
             raise ConfigError("train.warmup must be at least 1 with lr_schedule inverse_sqrt (equation 3 divides by it)")
-        if self.eval_beam < 1:
-            raise ConfigError(f"train.eval_beam must be at least 1, got {self.eval_beam}")
         if self.best_by == "val_bleu" and self.eval_bleu_sentences == 0:
             raise ConfigError("train.best_by: val_bleu needs train.eval_bleu_sentences > 0 (the dev sentences translated)")
         if not self.lr > 0 or not self.lr_scale > 0:
@@ -624,14 +623,14 @@ class RunConfig:
 def _fine_tuned_model(directory: str, model_raw: dict[str, Any]) -> dict[str, Any]:
     """``train.init_from``: the model is the one in ``directory`` (its config.json), with only the fields
     the run's ``model:`` section names changed (dropout, say). Its weights are loaded by the trainer."""
-    import json
+    from .train.checkpoint import CheckpointError, read_config
 
     if "preset" in model_raw:
         raise ConfigError(f"model.preset with train.init_from: the model comes from {directory}; set only the fields "
                           "to change (e.g. model.dropout)")
     try:
-        base = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))["model"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        base = read_config(directory)["model"]
+    except CheckpointError as e:
         raise ConfigError(f"train.init_from: {directory} is not a model directory aiayn wrote ({e})") from None
     return {**base, **model_raw}
 
