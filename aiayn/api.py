@@ -22,11 +22,8 @@ from typing import Any
 import torch
 
 from .config import (
-    BOS_ID,
-    EOS_ID,
     LANGUAGE_MODELS,
     MASKED_LANGUAGE_MODELS,
-    PAD_ID,
     DecodeConfig,
     PrepareConfig,
     RunConfig,
@@ -76,19 +73,15 @@ class Model:
     def score(self, sources: list[str], targets: list[str]) -> list[float]:
         """Forced decoding: log P(target | source) of each pair in nats, summed over the target's tokens
         and its end-of-sentence token (teacher forcing, no label smoothing)."""
-        from .data.batching import pad, source_tensor
+        from .decode.translate import forced_log_probs
 
         self._needs("translation", "score")
         if len(sources) != len(targets):
             raise ValueError(f"{len(sources)} sources but {len(targets)} targets")
         if not sources:
             return []
-        src = source_tensor([self.vocab.encode(s) for s in sources]).to(self.device)
-        tgt = [self.vocab.encode(t) for t in targets]
-        tgt_in = pad([[BOS_ID, *y] for y in tgt]).to(self.device)
-        tgt_out = pad([[*y, EOS_ID] for y in tgt]).to(self.device)
-        logp = self.network(src, tgt_in).float().log_softmax(-1).gather(-1, tgt_out.unsqueeze(-1)).squeeze(-1)
-        return (logp * (tgt_out != PAD_ID)).sum(-1).tolist()
+        logp = forced_log_probs(self.network, self.vocab.encode_batch(sources), self.vocab.encode_batch(targets), self.device)
+        return logp.sum(-1).tolist()
 
     def generate(self, prompt: str = "", stop: list[str] | None = None, **sampling: Any) -> str:
         """Continue ``prompt`` (returned without it). ``sampling``: any :class:`~aiayn.config.SampleConfig`

@@ -36,6 +36,20 @@ def unusable_character(text: str) -> str | None:
     return "a NUL byte" if bad == "\x00" else f"an unpaired surrogate U+{ord(bad):04X}"
 
 
+@torch.no_grad()
+def forced_log_probs(model, sources: list[list[int]], targets: list[list[int]], device: torch.device) -> torch.Tensor:
+    """Teacher forcing (no search): log P of each target token and of its ``</s>`` given the source, (B, T)
+    float32, 0 at padding. Their row sums are log P(target | source)."""
+    from ..config import PAD_ID
+    from ..data.batching import pad
+
+    src = source_tensor(sources).to(device)
+    tgt_in = pad([[BOS_ID, *y] for y in targets]).to(device)
+    tgt_out = pad([[*y, EOS_ID] for y in targets]).to(device)
+    logp = model(src, tgt_in).float().log_softmax(-1).gather(-1, tgt_out.unsqueeze(-1)).squeeze(-1)
+    return logp * (tgt_out != PAD_ID)
+
+
 FLUSH = object()  # in a stream of lines: "no further line has arrived for now; translate what you have"
 _END = object()
 
@@ -164,18 +178,13 @@ class Translator:
         ``log_prob``), and its alignment — for each target token, the source position (0-based; the
         source's ``</s>`` is the last) that the last encoder-decoder attention layer weighs most, averaged
         over heads (None for a model without attention)."""
-        from ..data.batching import pad
         from ..model import recording_attention
 
         out = []
         for ids, nbest in zip(sources, hyps):
             best = nbest[0]
-            src = source_tensor([ids]).to(self.device)
-            tgt_in = pad([[BOS_ID, *best.tokens]]).to(self.device)
-            tgt_out = pad([[*best.tokens, EOS_ID]]).to(self.device)
             with recording_attention(self.model) as record:
-                logits = self.model(src, tgt_in).float()
-            token_logp = logits.log_softmax(-1).gather(-1, tgt_out.unsqueeze(-1))[0, :, 0]
+                token_logp = forced_log_probs(self.model, [ids], [best.tokens], self.device)[0]
             cross = [w for name, w in record.items() if name.endswith("cross_attn")]
             alignment = cross[-1][0].float().mean(0).argmax(-1).tolist() if cross else None  # (T,) over S
             out.append({
