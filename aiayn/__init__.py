@@ -6,6 +6,7 @@ The public API (docs/api.md)::
     model = aiayn.load("models/bible-es-en")      # aiayn.Model: .translate, .score, .generate, .evaluate
     aiayn.prepare(train="corpus.tsv", out="runs/mine/data", dev="dev.tsv")
     aiayn.fit("configs/bible-es-en.yaml", train={"data": "runs/mine/data", "out": "runs/mine"})
+    aiayn.import_hf("opus-mt-es-en", "runs/opus-es-en")   # a Hugging Face Marian model on disk → a model directory
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["load", "Model", "prepare", "fit", "__version__"]
+__all__ = ["load", "Model", "prepare", "fit", "import_hf", "__version__"]
 
 
 def __getattr__(name: str) -> Any:  # imported on first use: `import aiayn` stays light (no torch)
-    if name in ("load", "Model", "prepare", "fit"):
+    if name in ("load", "Model", "prepare", "fit", "import_hf"):
         from . import api
 
         return getattr(api, name)

@@ -80,7 +80,8 @@ class Model:
             raise ValueError(f"{len(sources)} sources but {len(targets)} targets")
         if not sources:
             return []
-        logp = forced_log_probs(self.network, self.vocab.encode_batch(sources), self.vocab.encode_batch(targets), self.device)
+        logp = forced_log_probs(self.network, self.vocab.encode_batch(sources), self.vocab.encode_batch(targets, side="target"),
+                                self.device)
         return logp.sum(-1).tolist()
 
     def generate(self, prompt: str = "", stop: list[str] | None = None, **sampling: Any) -> str:
@@ -120,6 +121,14 @@ def prepare(train: str, out: str, **options: Any) -> dict:
     from .data.prepare import prepare as _prepare
 
     return _prepare(PrepareConfig(train=train, out=out, **options))
+
+
+def import_hf(src: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """``aiayn import --from hf``: a Hugging Face ``MarianMTModel`` (OPUS-MT) or Pegasus directory written as
+    the aiayn model directory ``out`` (a new one, or with ``overwrite`` one aiayn wrote); returns ``out``."""
+    from .importers.hf import from_hf
+
+    return from_hf(src, out, overwrite)
 
 
 def fit(config: str | Path | RunConfig | None = None, **sections: dict[str, Any]) -> dict:

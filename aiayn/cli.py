@@ -366,6 +366,13 @@ def cmd_export(a: argparse.Namespace) -> None:
     print(out)
 
 
+# --- import ------------------------------------------------------------------------------------
+def cmd_import(a: argparse.Namespace) -> None:
+    from .api import import_hf
+
+    print(import_hf(a.src, a.out, overwrite=a.overwrite))
+
+
 # --- demo --------------------------------------------------------------------------------------
 def cmd_demo(a: argparse.Namespace) -> None:
     from .demo import run_demo
@@ -553,6 +560,16 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("ONNX beam search (baked into beam_search.onnx)")
     add_options(g, DecodeConfig, ["beam", "nbest", "alpha", "max_len_b"])
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="turn another toolkit's translation model into an aiayn model directory: "
+                                      "Hugging Face Marian (OPUS-MT) or Pegasus")
+    p.add_argument("src", help="the model directory (config.json, weights, vocab.json, source.spm, target.spm)")
+    p.add_argument("out", help="the aiayn model directory to write")
+    p.add_argument("--from", dest="kind", choices=["hf"], required=True,
+                   help="hf: a Hugging Face MarianMTModel/Pegasus directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT if it is a model directory aiayn wrote (never anything else)")
+    p.set_defaults(func=cmd_import)
     return ap
 
 

@@ -38,7 +38,7 @@ Cell = Literal["lstm", "gru", "rnn"]
 Norm = Literal["post", "pre"]
 Positional = Literal["sinusoidal", "learned", "rope", "none"]
 PELayout = Literal["interleaved", "concat"]
-Activation = Literal["relu", "gelu"]
+Activation = Literal["relu", "gelu", "silu"]
 Tie = Literal["three_way", "two_way", "none"]
 
 # Special token ids, fixed across every vocabulary aiayn builds (SentencePiece is
@@ -78,6 +78,7 @@ class ModelConfig:
     tie: Tie = "three_way"  # §3.4: source, target embeddings and output; two_way: target embedding and output
     bias: bool = True
     scale_embeddings: bool = True  # §3.4: embeddings × √d_model (nanoGPT does not scale)
+    output_bias: bool = False  # a bias on the pre-softmax projection (Marian's final_logits_bias; not in §3.4)
     ln_eps: float = 1e-6  # not stated in the paper; tensor2tensor's value
     max_positions: int = 1024  # rows of a learned position table; block size of an LM
     n_classes: int = 0  # encoder-only: size of the sequence-classification head (0 = none)
@@ -408,6 +409,7 @@ class PrepareConfig:
     vocab: Literal["bpe", "unigram", "char"] = option("bpe", "SentencePiece BPE, unigram, or characters")
     vocab_size: int = option(8000, "vocabulary entries (shared by both languages)")
     spm_model: str | None = option(None, "reuse this SentencePiece model instead of training one")
+    vocab_from: str | None = option(None, "reuse the vocabulary of this model or data directory (to fine-tune that model)")
     max_len: int = option(256, "drop pairs with more tokens on a side (counted)")
     valid_fraction: float = option(0.1, "--lm without --dev: the last fraction of the text is validation (nanoGPT)")
     seed: int = 1234
@@ -415,7 +417,9 @@ class PrepareConfig:
 
     def __post_init__(self) -> None:
         _check_literals(self)
-        if self.vocab_size < 8 and not self.spm_model and self.vocab != "char":
+        if self.spm_model and self.vocab_from:
+            raise ConfigError("--spm-model and --vocab-from both name a vocabulary: give one")
+        if self.vocab_size < 8 and not (self.spm_model or self.vocab_from) and self.vocab != "char":
             raise ConfigError(f"--vocab-size {self.vocab_size}: a vocabulary needs the 4 special tokens and more (at least 8)")
         if self.max_len < 1:
             raise ConfigError(f"--max-len {self.max_len}: must be at least 1")

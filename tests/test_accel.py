@@ -76,11 +76,13 @@ def test_accelerate_swaps_modules_keeps_parameters_and_reports():
     assert all(type(m).__module__.startswith(("aiayn.model", "torch.")) for m in plain.modules())
 
 
-@pytest.mark.parametrize("arch", ["encoder-decoder", "decoder-only"])
+@pytest.mark.parametrize("arch", ["encoder-decoder", "decoder-only", "marian-like"])
 def test_accelerated_training_step_equals_the_plain_model(arch):
-    """Dropout off (the fast mask draws differently): the same loss and gradients."""
-    if arch == "encoder-decoder":
-        cfg = preset("tiny", vocab_size=40, dropout=0.0)
+    """Dropout off (the fast mask draws differently): the same loss and gradients (marian-like: SiLU and
+    an output bias, as imported OPUS-MT models have)."""
+    if arch != "decoder-only":
+        extra = dict(activation="silu", output_bias=True) if arch == "marian-like" else {}
+        cfg = preset("tiny", vocab_size=40, dropout=0.0, **extra)
         inputs = (torch.randint(4, 40, (4, 9)), torch.randint(4, 40, (4, 7)))
         make = Transformer
     else:

@@ -132,6 +132,21 @@ def test_int8_linear_is_a_quantized_linear():
             assert err < 0.03, err
 
 
+@pytest.mark.parametrize("compute_type", ["float32", "bfloat16", "int8"])
+def test_every_compute_type_keeps_the_output_bias(compute_type):
+    """An output bias (imported Marian models) is part of the logits in every decoding copy."""
+    from aiayn.accel import for_inference
+
+    torch.manual_seed(0)
+    model = Transformer(preset("tiny", vocab_size=40, output_bias=True)).eval()
+    with torch.no_grad():
+        model.output.bias[7] = 50.0
+    fast = for_inference(model, compute_type)
+    src, tgt = torch.randint(4, 40, (2, 6)), torch.randint(4, 40, (2, 5))
+    with torch.no_grad():
+        assert (fast(src, tgt).argmax(-1) == 7).all()
+
+
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "bible-es-en"
 
 

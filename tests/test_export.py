@@ -92,8 +92,31 @@ def test_hf_greedy_is_identical(trained, toy_corpus):
     assert ours == theirs
 
 
+def test_hf_export_then_import_translates_the_same(trained, toy_corpus):
+    """aiayn → Hugging Face (Marian or Pegasus) → `aiayn import --from hf`: the same beam-4 and greedy
+    translations, the same scores (the imported model keeps HF's LayerNorm ε = 1e-5 against 1e-6 here)."""
+    pytest.importorskip("transformers")
+    from aiayn.export.hf import to_hf
+    from aiayn.importers.hf import from_hf
+
+    model, vocab, tmp = trained
+    to_hf(model, vocab, tmp / "hf-roundtrip", overwrite=True)
+    from_hf(tmp / "hf-roundtrip", tmp / "imported", overwrite=True)
+    back, back_vocab, _ = load_model_dir(tmp / "imported")
+    assert back.cfg.norm == model.cfg.norm and back.cfg.pe_layout == "concat"
+    src, _ = read_test_pairs(toy_corpus["test"], limit=20)
+    assert back_vocab.encode_batch(src) == vocab.encode_batch(src)
+    for beam in (1, 4):
+        cfg = DecodeConfig(beam=beam)
+        ours = Translator(model, vocab, cfg).translate_nbest(src)
+        theirs = Translator(back, back_vocab, cfg).translate_nbest(src)
+        assert [h[0][0] for h in ours] == [h[0][0] for h in theirs]
+        assert [h[0][1] for h in ours] == pytest.approx([h[0][1] for h in theirs], abs=1e-3)
+
+
 @pytest.mark.parametrize("opts", [dict(norm="post"), dict(norm="pre", pe_layout="concat"),
-                                  dict(norm="post", positional="learned", bias=False), dict(norm="pre", activation="gelu")])
+                                  dict(norm="post", positional="learned", bias=False), dict(norm="pre", activation="gelu"),
+                                  dict(norm="post", activation="silu", output_bias=True)])
 def test_hf_logits_match(opts, tmp_path):
     """Teacher-forced log-probabilities agree, for every option the HF classes can express (random weights)."""
     pytest.importorskip("transformers")
@@ -103,6 +126,8 @@ def test_hf_logits_match(opts, tmp_path):
     cfg = ModelConfig(vocab_size=50, d_model=32, d_ff=64, n_heads=4, n_encoder_layers=2, n_decoder_layers=2, dropout=0.0,
                       max_positions=64, ln_eps=1e-5, **opts)
     model = build_model(cfg).eval()
+    if cfg.output_bias:  # exported as Marian's final_logits_bias
+        torch.nn.init.normal_(model.output.bias)
 
     class _V:  # a character-level stand-in: only the weights are compared here
         def __len__(self):

@@ -303,6 +303,7 @@ OPTIONS = [
     {"activation": "gelu"}, {"tie": "two_way"}, {"tie": "none"}, {"bias": False},
     {"attn_dropout": 0.1, "act_dropout": 0.1}, {"ln_eps": 1e-5}, {"scale_embeddings": False},
     {"key_size": 8}, {"key_size": 8, "positional": "rope"}, {"attention_window": 2},
+    {"activation": "silu"}, {"output_bias": True},
 ]
 
 

@@ -88,7 +88,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
                 setattr(mod, name, Int8Linear(child.weight, child.bias, rows))
             elif isinstance(child, OutputLayer):
                 w = child.tied.weight if child.tied is not None else child.weight
-                setattr(mod, name, Int8Linear(w, None))
+                setattr(mod, name, Int8Linear(w, child.bias))
     return q
 
 

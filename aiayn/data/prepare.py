@@ -52,7 +52,12 @@ def _fingerprint(cfg: PrepareConfig) -> dict:
             files[split] = [{"path": p, "sha256": sha256_file(p)} for p in _input_files(spec)]
     if cfg.spm_model:
         files["spm_model"] = [{"path": cfg.spm_model, "sha256": sha256_file(cfg.spm_model)}]
-    options = {k: v for k, v in asdict(cfg).items() if k not in ("train", "dev", "test", "out", "spm_model", "overwrite")}
+    if cfg.vocab_from:
+        d = Path(cfg.vocab_from)
+        names = [n for n in ("spm.model", "chars.json", "pieces.json", "source.spm", "target.spm") if (d / n).is_file()]
+        files["vocab_from"] = [{"path": str(d / n), "sha256": sha256_file(d / n)} for n in names]
+    options = {k: v for k, v in asdict(cfg).items()
+               if k not in ("train", "dev", "test", "out", "spm_model", "vocab_from", "overwrite")}
     return {"inputs": files, "options": options}
 
 
@@ -61,7 +66,13 @@ def _token_dtype(vocab_size: int) -> np.dtype:
 
 
 def _check_options(cfg: PrepareConfig) -> None:
-    """The options' ranges are checked by PrepareConfig itself; here, that a given SentencePiece model loads."""
+    """The options' ranges are checked by PrepareConfig itself; here, that a given vocabulary loads."""
+    if cfg.vocab_from:
+        try:
+            load_vocab(cfg.vocab_from)
+        except (FileNotFoundError, RuntimeError, ValueError, OSError) as e:
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CorpusError(f"--vocab-from {cfg.vocab_from}: {why}") from None
     if cfg.spm_model:
         p = Path(cfg.spm_model)
         if not p.is_file():
@@ -163,7 +174,9 @@ def _prepare_parallel(cfg: PrepareConfig, tmp: Path) -> dict:
     # consumes the corpus: SentencePiece's trainer could not report an error raised inside its input.
     if sum(1 for _ in _usable_pairs(cfg.train, _new_report())) == 0:
         raise CorpusError(f"{cfg.train}: no usable sentence pairs")
-    if cfg.spm_model:
+    if cfg.vocab_from:
+        vocab = load_vocab(cfg.vocab_from)
+    elif cfg.spm_model:
         vocab = SentencePieceVocab.load(Path(cfg.spm_model))
     elif cfg.vocab == "char":
         vocab = CharVocab.train(_train_texts(cfg.train))
@@ -184,7 +197,7 @@ def _prepare_parallel(cfg: PrepareConfig, tmp: Path) -> dict:
         pairs = _usable_pairs(spec, report)
         while chunk := list(itertools.islice(pairs, ENCODE_CHUNK)):
             src_ids = vocab.encode_batch([s for s, _ in chunk])
-            tgt_ids = vocab.encode_batch([t for _, t in chunk])
+            tgt_ids = vocab.encode_batch([t for _, t in chunk], side="target")
             keep = [i for i in range(len(chunk)) if len(src_ids[i]) <= cfg.max_len and len(tgt_ids[i]) <= cfg.max_len]
             report["dropped"]["too_long"] += len(chunk) - len(keep)
             src_out.add([src_ids[i] for i in keep])
@@ -217,7 +230,9 @@ def _prepare_lm(cfg: PrepareConfig, tmp: Path) -> dict:
         raise CorpusError(f"{cfg.train}: no text to train on (the file is empty or blank)")
     if not valid_text.strip():
         raise CorpusError(f"{cfg.dev or cfg.train}: no validation text (give --dev, or a larger --valid-fraction)")
-    if cfg.vocab == "char":
+    if cfg.vocab_from:
+        vocab = load_vocab(cfg.vocab_from)
+    elif cfg.vocab == "char":
         vocab = CharVocab.train([train_text])
     elif cfg.spm_model:
         vocab = SentencePieceVocab.load(Path(cfg.spm_model))

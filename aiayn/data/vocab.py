@@ -1,8 +1,11 @@
-"""Vocabularies: a joint SentencePiece BPE model (§5.1's shared source-target vocabulary) or characters.
+"""Vocabularies: a joint SentencePiece BPE model (§5.1's shared source-target vocabulary), characters,
+or a Marian-style piece list (one id space over the pieces of a source and a target SentencePiece model:
+how an imported OPUS-MT / Hugging Face Marian model tokenizes).
 
-Both reserve the same special ids: 0 = <pad>, 1 = <unk>, 2 = <s> (BOS), 3 = </s> (EOS).
-A vocabulary is saved as one file inside a model or data directory, so that a directory is
-everything needed to use it.
+All reserve the same special ids: 0 = <pad>, 1 = <unk>, 2 = <s> (BOS), 3 = </s> (EOS).
+A vocabulary is saved inside a model or data directory (its manifest names the main file), so that a
+directory is everything needed to use it. ``encode(text, side)`` takes ``side="target"`` for target
+text: only the piece-list vocabulary splits the two sides differently.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ class Vocab(Protocol):
     filename: str
 
     def __len__(self) -> int: ...
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str, side: str = "source") -> list[int]: ...
+    def encode_batch(self, texts: list[str], side: str = "source") -> list[list[int]]: ...
     def decode(self, ids: Iterable[int]) -> str: ...
     def pieces(self, ids: Iterable[int]) -> list[str]: ...
     def save(self, directory: Path) -> Path: ...
@@ -68,10 +72,10 @@ class SentencePieceVocab:
     def __len__(self) -> int:
         return self.sp.get_piece_size()
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, side: str = "source") -> list[int]:
         return self.sp.encode(text)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    def encode_batch(self, texts: list[str], side: str = "source") -> list[list[int]]:
         return self.sp.encode(texts)
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -113,10 +117,10 @@ class CharVocab:
     def __len__(self) -> int:
         return len(SPECIALS) + len(self.chars)
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, side: str = "source") -> list[int]:
         return [self.index.get(c, UNK_ID) for c in text]
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    def encode_batch(self, texts: list[str], side: str = "source") -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -133,16 +137,82 @@ class CharVocab:
         return path
 
 
+class PieceVocab:
+    """Marian's tokenization (what OPUS-MT models use): a source and a target SentencePiece model split
+    text into pieces, and one list of pieces gives them ids (a piece absent from the list is ``<unk>``).
+    The list is in aiayn's order: ids 0–3 are the special tokens, whatever their names.
+
+    A leading language tag such as ``>>fra<<`` (multilingual Marian models) is kept as one piece, as
+    ``MarianTokenizer`` does. Files: ``pieces.json`` (the list), ``source.spm`` and ``target.spm``.
+    """
+
+    kind = "pieces"
+    filename = "pieces.json"
+    spm_files = ("source.spm", "target.spm")
+
+    def __init__(self, pieces: list[str], source_proto: bytes, target_proto: bytes) -> None:
+        import sentencepiece as spm
+
+        if len(pieces) < len(SPECIALS) + 1:
+            raise ValueError(f"a piece list needs the {len(SPECIALS)} special tokens and more, got {len(pieces)}")
+        if len(set(pieces)) != len(pieces):
+            twice = sorted({p for p in pieces if pieces.count(p) > 1})[:3]
+            raise ValueError(f"the piece list names {twice} more than once")
+        self.piece_list = list(pieces)
+        self.index = {p: i for i, p in enumerate(pieces)}
+        self.protos = (source_proto, target_proto)
+        self.sp = {side: spm.SentencePieceProcessor(model_proto=proto)
+                   for side, proto in zip(("source", "target"), self.protos)}
+
+    @classmethod
+    def load(cls, path: Path) -> PieceVocab:
+        path = Path(path)
+        pieces = json.loads(path.read_text(encoding="utf-8"))["pieces"]
+        src, tgt = (path.parent / name for name in cls.spm_files)
+        return cls(pieces, src.read_bytes(), tgt.read_bytes())
+
+    def __len__(self) -> int:
+        return len(self.piece_list)
+
+    def encode(self, text: str, side: str = "source") -> list[int]:
+        tag: list[int] = []
+        if text.startswith(">>") and (end := text.find("<<")) != -1 and text[:end + 2] in self.index:
+            tag, text = [self.index[text[:end + 2]]], text[end + 2:]
+        return tag + [self.index.get(p, UNK_ID) for p in self.sp[side].encode(text, out_type=str)]
+
+    def encode_batch(self, texts: list[str], side: str = "source") -> list[list[int]]:
+        return [self.encode(t, side) for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Target pieces → text through the target SentencePiece model (special tokens dropped); a piece that
+        model does not know (the shared list holds both sides') keeps its text, ▁ as a space (MarianTokenizer)."""
+        text = self.sp["target"].decode_pieces([self.piece_list[i] for i in map(int, ids) if i > EOS_ID])
+        return text.replace("\u2581", " ").strip()
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        return [self.piece_list[int(i)] for i in ids]
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / self.filename
+        path.write_text(json.dumps({"pieces": self.piece_list}, ensure_ascii=False), encoding="utf-8")
+        for name, proto in zip(self.spm_files, self.protos):
+            (Path(directory) / name).write_bytes(proto)
+        return path
+
+
 def vocab_manifest(vocab: Vocab) -> dict:
     """How a data or model directory describes its vocabulary: ``{"kind", "file", "size"}``."""
     return {"kind": vocab.kind, "file": vocab.filename, "size": len(vocab)}
 
 
-def load_vocab(directory: str | Path) -> SentencePieceVocab | CharVocab:
+def load_vocab(directory: str | Path) -> SentencePieceVocab | CharVocab | PieceVocab:
     """The vocabulary stored in a data or model directory."""
     directory = Path(directory)
+    if (directory / PieceVocab.filename).is_file():
+        return PieceVocab.load(directory / PieceVocab.filename)
     if (directory / SentencePieceVocab.filename).is_file():
         return SentencePieceVocab.load(directory / SentencePieceVocab.filename)
     if (directory / CharVocab.filename).is_file():
         return CharVocab.load(directory / CharVocab.filename)
-    raise FileNotFoundError(f"{directory}: no vocabulary ({SentencePieceVocab.filename} or {CharVocab.filename})")
+    raise FileNotFoundError(f"{directory}: no vocabulary ({SentencePieceVocab.filename}, {CharVocab.filename} "
+                            f"or {PieceVocab.filename})")

@@ -57,7 +57,8 @@ def to_ctranslate2(model, vocab, out: str | Path, quantization: str | None = Non
     if cfg.positional in ("learned", "rope"):
         raise ExportError(f"{cfg.positional} positions are not supported by this exporter yet")
     check_full_attention(cfg, "CTranslate2")
-    act = common_spec.Activation.RELU if cfg.activation == "relu" else common_spec.Activation.GELU
+    A = common_spec.Activation
+    act = {"relu": A.RELU, "gelu": A.GELU, "silu": A.SWISH}[cfg.activation]
     spec = transformer_spec.TransformerSpec.from_config(
         (cfg.n_encoder_layers, cfg.n_decoder_layers), cfg.n_heads, pre_norm=cfg.norm == "pre", activation=act)
     d = cfg.d_model
@@ -87,7 +88,7 @@ def to_ctranslate2(model, vocab, out: str | Path, quantization: str | None = Non
         _linear(s.attention.linear[2], c.out_proj.weight, c.out_proj.bias)
         _ffn(s.ffn, layer)
     out_w = model.output.tied.weight if model.output.tied is not None else model.output.weight
-    spec.decoder.projection.weight = _np(out_w)
+    _linear(spec.decoder.projection, out_w, model.output.bias)
     if cfg.norm == "pre":
         _norm(spec.encoder.layer_norm, enc.norm)
         _norm(spec.decoder.layer_norm, dec.norm)

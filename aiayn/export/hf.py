@@ -113,7 +113,8 @@ def hf_state_dict(model) -> dict[str, Tensor]:
     if cfg.norm == "pre":
         norm("model.encoder.layer_norm", enc.norm)
         norm("model.decoder.layer_norm", dec.norm)
-    sd["final_logits_bias"] = torch.zeros(1, cfg.vocab_size)
+    bias = model.output.bias
+    sd["final_logits_bias"] = torch.zeros(1, cfg.vocab_size) if bias is None else bias.detach().float()[None].clone()
     return sd
 
 

@@ -91,6 +91,8 @@ def _check(cfg) -> str:
         raise ExportError("GPT-2 and GPT-NeoX do not scale embeddings by √d_model (scale_embeddings: false)")
     if cfg.tie == "none":
         raise ExportError("this exporter writes tied input and output embeddings (tie: two_way or three_way)")
+    if cfg.output_bias:
+        raise ExportError("GPT-2 and GPT-NeoX have no bias on the output layer (output_bias: false)")
     check_full_attention(cfg, "Hugging Face GPT-2/GPT-NeoX")
     if cfg.positional == "learned":
         return "gpt2"
@@ -104,7 +106,7 @@ def to_hf_causal_lm(model, vocab, out: str | Path, overwrite: bool = False):
     (rotary positions) with aiayn's vocabulary; returns the HF model (in eval mode)."""
     cfg = model.cfg
     kind = _check(cfg)
-    act = "gelu" if cfg.activation == "gelu" else "relu"
+    act = cfg.activation  # relu, gelu (exact) and silu carry these names in transformers' ACT2FN
     if kind == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 

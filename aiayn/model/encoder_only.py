@@ -48,10 +48,10 @@ class EncoderModel(nn.Module):
         self.encoder = Encoder(cfg, InputLayer(cfg, emb))
         self.mlm_transform = nn.Sequential(
             nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias),
-            nn.GELU() if cfg.activation == "gelu" else nn.ReLU(),
+            {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}[cfg.activation](),
             nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps, bias=cfg.bias),
         )
-        self.output = OutputLayer(cfg.d_model, cfg.vocab_size, emb if cfg.tie != "none" else None)
+        self.output = OutputLayer(cfg.d_model, cfg.vocab_size, emb if cfg.tie != "none" else None, cfg.output_bias)
         self.classifier = nn.Linear(cfg.d_model, cfg.n_classes) if cfg.n_classes > 0 else None
         init_linear_weights(self)
 

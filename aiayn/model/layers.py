@@ -94,13 +94,14 @@ class InputLayer(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Position-wise feed-forward network, §3.3: FFN(x) = max(0, xW₁ + b₁)W₂ + b₂ (ReLU; GELU optional)."""
+    """Position-wise feed-forward network, §3.3: FFN(x) = max(0, xW₁ + b₁)W₂ + b₂ (ReLU; GELU or SiLU — Marian's
+    "swish" — optional)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.w1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
         self.w2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
-        self.activation = F.relu if cfg.activation == "relu" else F.gelu
+        self.activation = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}[cfg.activation]
         self.dropout = nn.Dropout(cfg.act_dropout)
 
     def forward(self, x: Tensor) -> Tensor:

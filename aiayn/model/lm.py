@@ -26,7 +26,7 @@ class LanguageModel(nn.Module):
         emb = Embedding(cfg.vocab_size, cfg.d_model, cfg.scale_embeddings)
         self.decoder = Decoder(cfg, InputLayer(cfg, emb), cross_attention=False)
         # A language model has one vocabulary: any tying means input embedding == output projection.
-        self.output = OutputLayer(cfg.d_model, cfg.vocab_size, emb if cfg.tie != "none" else None)
+        self.output = OutputLayer(cfg.d_model, cfg.vocab_size, emb if cfg.tie != "none" else None, cfg.output_bias)
         init_linear_weights(self.decoder)
 
     @property

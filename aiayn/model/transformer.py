@@ -120,16 +120,18 @@ class Decoder(nn.Module):
 
 
 class OutputLayer(nn.Module):
-    """The pre-softmax linear transformation (§3.4): shares the embedding matrix when tied."""
+    """The pre-softmax linear transformation (§3.4): shares the embedding matrix when tied. ``bias``: a
+    per-token bias added to the logits (not in the paper; Marian models have one)."""
 
-    def __init__(self, d_model: int, vocab_size: int, tied: Embedding | None) -> None:
+    def __init__(self, d_model: int, vocab_size: int, tied: Embedding | None, bias: bool = False) -> None:
         super().__init__()
         self.tied = tied
         self.weight = None if tied is not None else nn.Parameter(nn.init.xavier_uniform_(torch.empty(vocab_size, d_model)))
+        self.bias = nn.Parameter(torch.zeros(vocab_size)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.tied.weight if self.tied is not None else self.weight
-        return F.linear(x, w)  # (B, T, d) → (B, T, V)
+        return F.linear(x, w, self.bias)  # (B, T, d) → (B, T, V)
 
 
 class Transformer(nn.Module):
@@ -148,7 +150,8 @@ class Transformer(nn.Module):
         tgt_emb = src_emb if cfg.tie == "three_way" else Embedding(cfg.target_vocab_size, cfg.d_model, cfg.scale_embeddings)
         self.encoder = Encoder(cfg, InputLayer(cfg, src_emb))
         self.decoder = Decoder(cfg, InputLayer(cfg, tgt_emb), cross_attention=True)
-        self.output = OutputLayer(cfg.d_model, cfg.target_vocab_size, tgt_emb if cfg.tie != "none" else None)
+        self.output = OutputLayer(cfg.d_model, cfg.target_vocab_size, tgt_emb if cfg.tie != "none" else None,
+                                  cfg.output_bias)
         init_linear_weights(self.encoder)
         init_linear_weights(self.decoder)
 

@@ -380,11 +380,10 @@ def _check_same_vocabulary(model_dir: str, ours, data_dir: str) -> None:
         theirs = load_vocab(model_dir)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise ConfigError(f"train.init_from: {model_dir}: cannot load its vocabulary ({e})") from None
-    if type(theirs) is not type(ours) or theirs.pieces(range(len(theirs))) != ours.pieces(range(len(ours))):
-        hint = (f"prepare it with --spm-model {model_dir}/{theirs.filename}" if theirs.filename == "spm.model"
-                else "prepare it with the same vocabulary")
+    if (type(theirs) is not type(ours) or theirs.pieces(range(len(theirs))) != ours.pieces(range(len(ours)))
+            or getattr(theirs, "protos", None) != getattr(ours, "protos", None)):
         raise ConfigError(f"train.init_from: the data in {data_dir} uses another vocabulary than {model_dir} "
-                          f"({len(ours):,} against {len(theirs):,} entries); {hint}")
+                          f"({len(ours):,} against {len(theirs):,} entries); prepare it with --vocab-from {model_dir}")
 
 
 class TrainingDiverged(RuntimeError):
