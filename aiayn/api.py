@@ -42,7 +42,9 @@ class Model:
 
         self.network, self.vocab, self.config, self.path = network, vocab, config, path
         self.arch = model_arch(config)
+        self.labels: list[str] = list(config.get("labels") or [])  # a classifier's label names, by class id
         self.kind = ("language model" if self.arch in LANGUAGE_MODELS else
+                     "classifier" if self.arch in MASKED_LANGUAGE_MODELS and self.labels else
                      "masked language model" if self.arch in MASKED_LANGUAGE_MODELS else "translation")
 
     def __repr__(self) -> str:
@@ -93,12 +95,25 @@ class Model:
         self._needs("language model", "generate")
         return generate_text(self.network, self.vocab, prompt, replace(SampleConfig(), **sampling), stop=stop)
 
+    def classify(self, texts: str | list[str], probability: bool = False):
+        """A classifier's label for one text, or a list of labels for a list; with ``probability``,
+        (label, probability) pairs."""
+        from .evaluate import classify_texts
+
+        self._needs("classifier", "classify")
+        out = classify_texts(self.network, self.vocab, self.labels, [texts] if isinstance(texts, str) else list(texts))
+        out = out if probability else [label for label, _ in out]
+        return out[0] if isinstance(texts, str) else out
+
     def evaluate(self, test: str | Path, limit: int = 0, tail_fraction: float = 0.0, **search: Any) -> dict:
         """A translation model: sacreBLEU BLEU and chrF on a test file (``bleu``, ``chrf``, ``signature``, …;
         ``limit``: the first sentences only). A language model: ``val_loss`` (nats/token) and ``ppl`` on a
-        text file, every token predicted once (``tail_fraction``: only the end of the text)."""
-        from .evaluate import evaluate_lm_text, evaluate_translation
+        text file, every token predicted once (``tail_fraction``: only the end of the text). A classifier:
+        ``accuracy``, ``n`` and ``per_label`` on a labelled file (TEXT<TAB>LABEL)."""
+        from .evaluate import evaluate_classifier, evaluate_lm_text, evaluate_translation
 
+        if self.kind == "classifier":
+            return evaluate_classifier(self.network, self.vocab, self.labels, test, limit)[0]
         if self.kind != "translation":
             return evaluate_lm_text(self.network, self.vocab, test, tail_fraction)
         scores, _ = evaluate_translation(self.network, self.vocab, test, replace(DecodeConfig(), **search), limit)

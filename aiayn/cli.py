@@ -43,7 +43,7 @@ def cmd_prepare(a: argparse.Namespace) -> None:
     from .data.prepare import PrepareConfig, prepare
     from .options import options_from
 
-    m = prepare(options_from(PrepareConfig, a, kind="lm" if a.lm else "parallel"))
+    m = prepare(options_from(PrepareConfig, a, kind="lm" if a.lm else "classify" if a.classify else "parallel"))
     if m.get("up_to_date"):
         print(f"{a.out}: up to date, nothing to do")
     for split, info in m["splits"].items():
@@ -51,6 +51,9 @@ def cmd_prepare(a: argparse.Namespace) -> None:
         extra = f", dropped {sum(dropped.values())} ({', '.join(f'{k} {v}' for k, v in dropped.items())})" if dropped else ""
         if "pairs" in info:
             count = f"{info['pairs']:,} pairs, {info['src_tokens']:,} + {info['tgt_tokens']:,} tokens"
+        elif "sentences" in info:
+            per_label = ", ".join(f"{k}: {v:,}" for k, v in info["per_label"].items())
+            count = f"{info['sentences']:,} sentences, {info['tokens']:,} tokens ({per_label})"
         else:
             count = f"{info['tokens']:,} tokens"
         print(f"{split}: {count}{extra}")
@@ -175,6 +178,15 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         _die(f"--output {a.output}: is a directory; give a file name for the translations")
     _threads(a.threads)
     model, vocab, config = _load(a.model, a.device)
+    if config.get("labels"):  # a classifier
+        from .evaluate import evaluate_classifier
+
+        res, predicted = evaluate_classifier(model, vocab, config["labels"], a.test, a.limit)
+        if a.output:
+            Path(a.output).write_text("\n".join(predicted) + "\n", encoding="utf-8")
+        print(f"{a.test}: {res['n']:,} sentences, accuracy {100 * res['accuracy']:.2f} %")
+        print(json.dumps({"accuracy": round(res["accuracy"], 4), "n": res["n"], "per_label": res["per_label"]}))
+        return
     if _arch(config) in LANGUAGE_MODELS + MASKED_LANGUAGE_MODELS:
         from .evaluate import evaluate_lm_text
 
@@ -197,6 +209,30 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         print(f"  tokenized BLEU (Moses tokens + multi-bleu, the paper's kind; not sacreBLEU) = {scores['tokenized_bleu']:.2f}")
         keys.append("tokenized_bleu")
     print(json.dumps({k: scores[k] for k in keys}))
+
+
+# --- classify ----------------------------------------------------------------------------------
+def cmd_classify(a: argparse.Namespace) -> None:
+    import aiayn
+
+    from .data.corpus import CorpusError, input_lines
+
+    _threads(a.threads)
+    model = aiayn.load(a.model, a.device)
+    if model.kind != "classifier":
+        _die(f"{a.model} is a {model.arch} model ({model.kind}): classify needs a fine-tuned classifier")
+    name = a.input or "<stdin>"
+    with open(a.input, "rb") if a.input else sys.stdin.buffer as f:
+        lines = list(input_lines(f))
+    for n, line in enumerate(lines, 1):
+        if isinstance(line, CorpusError):
+            _die(f"{name}:{n}: {line}")
+    out = model.classify(lines, probability=True) if lines else []
+    text = "".join(f"{label}\t{p:.4f}\n" if a.probability else f"{label}\n" for label, p in out)
+    if a.output:
+        Path(a.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
 
 
 # --- score -------------------------------------------------------------------------------------
@@ -420,7 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("prepare", help="validate a corpus, build the vocabulary, encode it for training")
-    p.add_argument("--lm", action="store_true", help="monolingual text for a language model")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--lm", action="store_true", help="monolingual text for a language model")
+    kind.add_argument("--classify", action="store_true",
+                      help="labelled sentences (TEXT<TAB>LABEL) to fine-tune an encoder-only model as a classifier")
     add_options(p, PrepareConfig)
     p.set_defaults(func=cmd_prepare)
 
@@ -550,8 +589,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p.add_argument_group("limits"), Limits)
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("classify", help="label each line of stdin (or --input) with a fine-tuned classifier")
+    p.add_argument("--model", required=True)
+    p.add_argument("--input", "-i")
+    p.add_argument("--output", "-o")
+    p.add_argument("--probability", action="store_true", help="write LABEL<TAB>probability")
+    p.add_argument("--threads", type=int, default=0)
+    _device_arg(p)
+    p.set_defaults(func=cmd_classify)
+
     p = sub.add_parser("export",
-                       help="write a translation model for another engine: CTranslate2, Hugging Face (Marian/Pegasus), ONNX")
+                       help="write a model for another engine: CTranslate2 (translation and language models), "
+                            "Hugging Face (Marian/Pegasus, GPT-2/GPT-NeoX), ONNX (translation)")
     p.add_argument("model")
     p.add_argument("out")
     p.add_argument("--to", choices=["ctranslate2", "hf", "onnx"], required=True)

@@ -34,6 +34,7 @@ LANGUAGE_MODELS = ("decoder-only", "ngram", "mlp-lm", "rnn-lm")
 MASKED_LANGUAGE_MODELS = ("encoder-only",)  # trained on language-model data by masked-token prediction (BERT)
 # Architectures that translate (trained on parallel data, decoded by greedy and beam search).
 TRANSLATION_MODELS = ("encoder-decoder", "rnn-seq2seq", "rnnsearch")
+HIGHER_IS_BETTER = ("val_bleu", "val_acc")  # dev metrics where more is better (train.best_by, train.patience)
 Cell = Literal["lstm", "gru", "rnn"]
 Norm = Literal["post", "pre"]
 Positional = Literal["sinusoidal", "learned", "rope", "none"]
@@ -405,7 +406,7 @@ class PrepareConfig:
     out: str = option(REQUIRED, "output directory")
     dev: str | None = option(None, "development set, same formats as --train")
     test: str | None = option(None, "test set, same formats as --train")
-    kind: Literal["parallel", "lm"] = "parallel"
+    kind: Literal["parallel", "lm", "classify"] = "parallel"
     vocab: Literal["bpe", "unigram", "char"] = option("bpe", "SentencePiece BPE, unigram, or characters")
     vocab_size: int = option(8000, "vocabulary entries (shared by both languages)")
     spm_model: str | None = option(None, "reuse this SentencePiece model instead of training one")
@@ -567,7 +568,7 @@ class TrainConfig:
     eval_every: int = 500
     eval_bleu_sentences: int = 200  # dev sentences translated for BLEU at each evaluation
     eval_beam: int = 1  # beam size of that translation (1 = greedy; 4 = the paper's search)
-    best_by: Literal["val_loss", "val_bleu"] = "val_loss"  # which dev metric picks OUT/best
+    best_by: Literal["val_loss", "val_bleu", "val_acc"] = "val_loss"  # which dev metric picks OUT/best (val_acc: classifiers)
     patience: int = 0  # stop when best_by has not improved for this many evaluations (0 = never)
     eval_lm_tokens: int = 0  # language model: validation tokens scored at each eval (0 = all)
     save_every: int = 1000

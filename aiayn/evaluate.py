@@ -1,6 +1,6 @@
 """Evaluation: sacreBLEU (BLEU and chrF, with signatures) for translation; loss and perplexity for
 both translation (teacher-forced NLL on a corpus) and language models (each validation token
-predicted exactly once, in consecutive windows of the block size).
+predicted exactly once, in consecutive windows of the block size); accuracy for classifiers.
 """
 
 from __future__ import annotations
@@ -98,6 +98,66 @@ def corpus_loss(model, data: ParallelData, max_tokens: int, device: torch.device
         tokens += int((tgt_out != PAD_ID).sum())
     loss = total / max(tokens, 1)
     return {"val_loss": loss, "ppl": math.exp(min(loss, 50.0))}
+
+
+@torch.no_grad()
+def classification_validation(model, data, max_tokens: int, device: torch.device | str = "cpu") -> dict[str, float]:
+    """A classifier over a labelled split (:class:`~aiayn.data.batching.LabelledData`): ``val_loss`` (mean
+    NLL per sentence, no label smoothing) and ``val_acc`` (the fraction whose most probable class is right)."""
+    model.eval()
+    total, right = 0.0, 0
+    for idx in data.batches(max_tokens, shuffle=False):
+        x, y = (t.to(device) for t in data.collate(idx))
+        logits = model(x, classify=True).float()
+        total += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        right += int((logits.argmax(-1) == y).sum())
+    n = max(len(data), 1)
+    return {"val_loss": total / n, "val_acc": right / n}
+
+
+@torch.no_grad()
+def classify_texts(model, vocab, labels: list[str], texts: list[str], max_tokens: int = 4096) -> list[tuple[str, float]]:
+    """Each text's most probable label and its probability, in input order (batches of similar length under
+    ``max_tokens``; a text's answer does not depend on its batch)."""
+    from .data.batching import source_tensor
+
+    if len(labels) != model.cfg.n_classes:
+        raise ValueError(f"the model has {model.cfg.n_classes} classes but {len(labels)} label names")
+    device = device_of(model)
+    ids = vocab.encode_batch([t.strip() for t in texts])
+    lens = np.array([len(x) + 1 for x in ids], dtype=np.int64)
+    out: list[tuple[str, float]] = [("", 0.0)] * len(texts)
+    model.eval()
+    for idx in token_batches(lens, lens, max_tokens, shuffle=False, oversize_alone=True):
+        probs = model(source_tensor([ids[i] for i in idx]).to(device), classify=True).float().softmax(-1)
+        best = probs.max(-1)
+        for i, p, c in zip(idx.tolist(), best.values.tolist(), best.indices.tolist()):
+            out[i] = (labels[c], p)
+    return out
+
+
+def evaluate_classifier(model, vocab, labels: list[str], test: str | Path, limit: int = 0) -> tuple[dict, list[str]]:
+    """Accuracy of a classifier on a labelled file (TEXT<TAB>LABEL): ``{"accuracy", "n", "per_label"}`` (each
+    label's recall: right / occurrences) and the predicted labels."""
+    from .data.corpus import read_labelled
+
+    texts, gold = [], []
+    for p in read_labelled(test):
+        if not p.src.strip():
+            continue
+        if p.tgt.strip() not in labels:
+            raise CorpusError(f"{p.where}: label {p.tgt.strip()!r} is not one of the model's ({', '.join(labels[:10])})")
+        texts.append(p.src)
+        gold.append(p.tgt.strip())
+        if limit and len(texts) >= limit:
+            break
+    if not texts:
+        raise CorpusError(f"{test}: no labelled sentences")
+    predicted = [label for label, _ in classify_texts(model, vocab, labels, texts)]
+    right = [g == q for g, q in zip(gold, predicted)]
+    per_label = {lab: round(sum(r for g, r in zip(gold, right) if g == lab) / gold.count(lab), 4)
+                 for lab in labels if lab in gold}
+    return {"accuracy": sum(right) / len(right), "n": len(right), "per_label": per_label}, predicted
 
 
 def greedy_bleu(model, vocab, dev_jsonl: Path, n: int, device: torch.device | str = "cpu", beam: int = 1) -> float:

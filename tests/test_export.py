@@ -58,6 +58,15 @@ def test_ctranslate2_greedy_is_identical(trained, toy_corpus):
     assert len(pairs) >= 10
     diff = [(a, b) for a, b in pairs if a != b]
     assert not diff, diff
+    # Text in, text out with the SentencePiece model the export carries (the recipe in docs/inference.md).
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(out / "spm.model"))
+    src, _ = read_test_pairs(toy_corpus["test"], limit=20)
+    res = tr.translate_batch([sp.encode(s, out_type=str) for s in src], beam_size=1, max_decoding_length=MAX_LEN,
+                             suppress_sequences=[["<pad>"], ["<s>"]])
+    texts = [sp.decode(r.hypotheses[0]) for r in res]
+    assert [t for t, o in zip(texts, ours) if o] == [vocab.decode(o) for o in ours if o]
 
 
 def _hf_greedy(hf, ids):
@@ -285,3 +294,39 @@ def test_causal_lm_export_refuses_what_gpt2_and_neox_cannot_express(tmp_path):
         with pytest.raises(ValueError, match=message):
             to_hf_causal_lm(build_model(preset("gpt-nano", vocab_size=40, **opts)), vocab, tmp_path / "x")
         assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("kind", ["shipped-rope", "learned", "post-ln-sinusoidal"])
+def test_decoder_only_exports_to_ctranslate2_token_for_token(tmp_path, kind):
+    """A language model → ctranslate2.Generator: equal logits (1e-4) and the same 25-token greedy
+    continuation; rotary (the shipped Shakespeare model), learned and sinusoidal positions, pre- and post-LN,
+    SiLU and an output bias. The vocabulary file travels with the model."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from aiayn.config import preset
+    from aiayn.data.vocab import CharVocab
+    from aiayn.decode.sampling import SampleConfig, generate
+    from aiayn.export.ctranslate2 import to_ctranslate2
+
+    if kind == "shipped-rope":
+        model, vocab, _ = load_model_dir(ROOT / "models" / "shakespeare-char")
+    else:
+        extra = (dict(positional="learned") if kind == "learned" else
+                 dict(positional="sinusoidal", norm="post", scale_embeddings=True, activation="silu", output_bias=True))
+        vocab = CharVocab.train(["abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL"])
+        torch.manual_seed(0)
+        model = build_model(preset("gpt-nano", vocab_size=len(vocab), **extra)).eval()
+        with torch.no_grad():  # biases and LayerNorm away from their initial values, so that every mapping shows
+            for p in model.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+    out = to_ctranslate2(model, vocab, tmp_path / "ct2")
+    assert CharVocab.load(out / "chars.json").chars == vocab.chars
+    gen = ctranslate2.Generator(str(out), device="cpu", intra_threads=1)
+    torch.manual_seed(1)
+    x = torch.randint(4, model.cfg.vocab_size, (2, 30))
+    theirs = torch.from_numpy(__import__("numpy").array(gen.forward_batch([vocab.pieces(r.tolist()) for r in x])))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs, model(x), atol=1e-4, rtol=1e-4)
+    ours = generate(model, x[:1, :5], SampleConfig(max_new_tokens=25, temperature=0))[0, 5:].tolist()
+    res = gen.generate_batch([vocab.pieces(x[0, :5].tolist())], max_length=25, min_length=25, sampling_topk=1,
+                             include_prompt_in_result=False)
+    assert vocab.pieces(ours) == res[0].sequences[0]

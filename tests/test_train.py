@@ -292,7 +292,7 @@ def test_fine_tuning_starts_from_a_model_with_a_fresh_optimizer(toy_data, toy_co
 
     other = tmp_path / "other-data"
     prepare(PrepareConfig(train=str(toy_corpus["train"]), out=str(other), vocab_size=100))
-    with pytest.raises(ConfigError, match="uses another vocabulary .* --spm-model"):
+    with pytest.raises(ConfigError, match="uses another vocabulary .* --vocab-from"):
         Trainer(load_run_config(None, {"train": {"data": str(other), "out": str(tmp_path / "x"), "init_from": str(source)}}))
 
 

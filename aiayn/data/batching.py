@@ -40,6 +40,33 @@ class ParallelData:
         return self.tgt_tokens[self.tgt_off[i] : self.tgt_off[i + 1]]
 
 
+class LabelledData:
+    """One split of a prepared classification corpus: the sentences (memory-mapped) and their class ids."""
+
+    def __init__(self, directory: str | Path, split: str) -> None:
+        d = Path(directory)
+        if not (d / f"{split}.labels.npy").is_file():
+            raise FileNotFoundError(f"{d}: no '{split}' split (prepare it with --{split})")
+        self.tokens = np.load(d / f"{split}.src.tokens.npy", mmap_mode="r")
+        self.offsets = np.load(d / f"{split}.src.offsets.npy")
+        self.labels = np.load(d / f"{split}.labels.npy")
+        self.src_lens = np.diff(self.offsets) + 1  # + </s>, as the encoder reads a source
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def src(self, i: int) -> np.ndarray:
+        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+
+    def batches(self, max_tokens: int, seed: int = 0, epoch: int = 0, shuffle: bool = True) -> list[np.ndarray]:
+        """Sentences of similar length under the token budget (:func:`token_batches` on one side)."""
+        return token_batches(self.src_lens, self.src_lens, max_tokens, seed, epoch, shuffle)
+
+    def collate(self, indices: np.ndarray) -> tuple[Tensor, Tensor]:
+        """tokens (B, S) = x </s> right-padded; labels (B,)."""
+        return source_tensor([self.src(i) for i in indices]), torch.as_tensor(self.labels[indices], dtype=torch.long)
+
+
 def token_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, max_tokens: int, seed: int = 0,
                   epoch: int = 0, shuffle: bool = True, oversize_alone: bool = False) -> list[np.ndarray]:
     """Group sentence indices into batches of similar length whose padded size stays within

@@ -118,6 +118,21 @@ def read_parallel(spec: str | Path) -> Iterator[Pair]:
         yield from read_tsv(path)
 
 
+def read_labelled(spec: str | Path) -> Iterator[Pair]:
+    """A sentence-classification corpus: ``TEXT<TAB>LABEL`` lines, or ``ID<TAB>TEXT<TAB>LABEL`` (``src`` the text,
+    ``tgt`` the label). A first line whose label column says ``label`` is a header (GLUE's TSV files have one)
+    and is skipped; an empty line is yielded empty (dropped and counted); a text without a label is an error."""
+    path = Path(spec)
+    if not path.is_file():
+        raise CorpusError(f"{path}: no such file")
+    for i, p in enumerate(read_tsv(path)):
+        if i == 0 and p.tgt.strip().lower() == "label":
+            continue
+        if p.src.strip() and not p.tgt.strip():
+            raise CorpusError(f"{p.where}: no label (expected TEXT<TAB>LABEL)")
+        yield p
+
+
 def read_text(path: str | Path) -> str:
     """A monolingual text file, whole; invalid UTF-8 is an error naming the line."""
     path = Path(path)

@@ -17,7 +17,7 @@ import hashlib
 import itertools
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from ..atomic import atomic_directory
 from ..config import EOS_ID, PrepareConfig
-from .corpus import CorpusError, read_parallel, read_text
+from .corpus import CorpusError, read_labelled, read_parallel, read_text
 from .vocab import CharVocab, SentencePieceVocab, load_vocab, vocab_manifest
 
 log = logging.getLogger(__name__)
@@ -102,10 +102,22 @@ def prepare(cfg: PrepareConfig) -> dict:
             return old
     # An interrupted run never leaves a half-written data directory under the final name.
     with atomic_directory(out, overwrite=cfg.overwrite, what="data directory") as tmp:
-        manifest = _prepare_parallel(cfg, tmp) if cfg.kind == "parallel" else _prepare_lm(cfg, tmp)
+        manifest = {"parallel": _prepare_parallel, "lm": _prepare_lm, "classify": _prepare_classify}[cfg.kind](cfg, tmp)
         manifest.update({"format": FORMAT, **fp})
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest
+
+
+def _vocabulary(cfg: PrepareConfig, texts: Callable[[], Iterable[str]], lines: Callable[[], Iterable[str]] | None = None):
+    """The vocabulary ``--vocab-from`` or ``--spm-model`` names, else one built from the training text:
+    characters from ``texts()``, SentencePiece from ``lines()`` (default: ``texts()``)."""
+    if cfg.vocab_from:
+        return load_vocab(cfg.vocab_from)
+    if cfg.spm_model:
+        return SentencePieceVocab.load(Path(cfg.spm_model))
+    if cfg.vocab == "char":
+        return CharVocab.train(texts())
+    return SentencePieceVocab.train((lines or texts)(), cfg.vocab_size, cfg.vocab, seed=cfg.seed)
 
 
 ENCODE_CHUNK = 5_000  # pairs encoded at a time: memory stays bounded whatever the corpus size
@@ -174,14 +186,7 @@ def _prepare_parallel(cfg: PrepareConfig, tmp: Path) -> dict:
     # consumes the corpus: SentencePiece's trainer could not report an error raised inside its input.
     if sum(1 for _ in _usable_pairs(cfg.train, _new_report())) == 0:
         raise CorpusError(f"{cfg.train}: no usable sentence pairs")
-    if cfg.vocab_from:
-        vocab = load_vocab(cfg.vocab_from)
-    elif cfg.spm_model:
-        vocab = SentencePieceVocab.load(Path(cfg.spm_model))
-    elif cfg.vocab == "char":
-        vocab = CharVocab.train(_train_texts(cfg.train))
-    else:
-        vocab = SentencePieceVocab.train(_train_texts(cfg.train), cfg.vocab_size, cfg.vocab, seed=cfg.seed)
+    vocab = _vocabulary(cfg, lambda: _train_texts(cfg.train))
     vocab.save(tmp)
     dtype = _token_dtype(len(vocab))
 
@@ -217,6 +222,56 @@ def _prepare_parallel(cfg: PrepareConfig, tmp: Path) -> dict:
     return info
 
 
+def _labelled(spec: str, report: dict) -> Iterator[tuple[str, str]]:
+    """The stripped (text, label) pairs of a classification corpus; empty lines are counted and skipped."""
+    for p in read_labelled(spec):
+        report["read"] += 1
+        if not p.src.strip():
+            report["dropped"]["empty"] += 1
+            continue
+        yield p.src.strip(), p.tgt.strip()
+
+
+def _prepare_classify(cfg: PrepareConfig, tmp: Path) -> dict:
+    """Labelled sentences (TEXT<TAB>LABEL) → each split's token files (``{split}.src.*``, like a parallel
+    corpus's source side) and ``{split}.labels.npy`` (class ids); the classes are the training split's
+    labels in sorted order (``labels.json``). A dev/test label the training split lacks is an error."""
+    labels = sorted({label for _, label in _labelled(cfg.train, _new_report())})
+    if not labels:
+        raise CorpusError(f"{cfg.train}: no labelled sentences")
+    if len(labels) < 2:
+        raise CorpusError(f"{cfg.train}: every sentence has the label {labels[0]!r}: a classifier needs two classes or more")
+    vocab = _vocabulary(cfg, lambda: (text for text, _ in _labelled(cfg.train, _new_report())))
+    vocab.save(tmp)
+    (tmp / "labels.json").write_text(json.dumps(labels, ensure_ascii=False) + "\n", encoding="utf-8")
+    index = {label: i for i, label in enumerate(labels)}
+    info: dict = {"kind": "classify", "vocab": vocab_manifest(vocab), "labels": labels, "splits": {}}
+    for split in ("train", "dev", "test"):
+        spec = getattr(cfg, split)
+        if not spec:
+            continue
+        report = _new_report()
+        writer, ids = _TokenWriter(tmp, f"{split}.src", _token_dtype(len(vocab))), []
+        pairs = _labelled(spec, report)
+        while chunk := list(itertools.islice(pairs, ENCODE_CHUNK)):
+            unknown = [label for _, label in chunk if label not in index]
+            if unknown:
+                raise CorpusError(f"{spec}: label {unknown[0]!r} does not occur in the training data {cfg.train} "
+                                  f"(its labels: {', '.join(labels[:10])})")
+            encoded = vocab.encode_batch([text for text, _ in chunk])
+            keep = [i for i, seq in enumerate(encoded) if len(seq) <= cfg.max_len]
+            report["dropped"]["too_long"] += len(chunk) - len(keep)
+            writer.add([encoded[i] for i in keep])
+            ids += [index[chunk[i][1]] for i in keep]
+        n, tokens = writer.close()
+        np.save(tmp / f"{split}.labels.npy", np.asarray(ids, dtype=np.int64))
+        if split == "train" and n == 0:
+            raise CorpusError(f"{cfg.train}: every sentence is longer than max_len={cfg.max_len} tokens")
+        counts = np.bincount(np.asarray(ids, dtype=np.int64), minlength=len(labels)).tolist()
+        info["splits"][split] = {"sentences": n, "tokens": tokens, "per_label": dict(zip(labels, counts)), **report}
+    return info
+
+
 def _prepare_lm(cfg: PrepareConfig, tmp: Path) -> dict:
     """Monolingual text → one token stream per split (documents separated by </s> when a corpus
     is given as JSONL/TSV lines; a plain text file is one document, as nanoGPT treats tiny Shakespeare)."""
@@ -230,14 +285,8 @@ def _prepare_lm(cfg: PrepareConfig, tmp: Path) -> dict:
         raise CorpusError(f"{cfg.train}: no text to train on (the file is empty or blank)")
     if not valid_text.strip():
         raise CorpusError(f"{cfg.dev or cfg.train}: no validation text (give --dev, or a larger --valid-fraction)")
-    if cfg.vocab_from:
-        vocab = load_vocab(cfg.vocab_from)
-    elif cfg.vocab == "char":
-        vocab = CharVocab.train([train_text])
-    elif cfg.spm_model:
-        vocab = SentencePieceVocab.load(Path(cfg.spm_model))
-    else:
-        vocab = SentencePieceVocab.train(train_text.splitlines(), cfg.vocab_size, cfg.vocab, seed=cfg.seed)
+    # Characters are counted over the whole text (line breaks are characters); SentencePiece learns from lines.
+    vocab = _vocabulary(cfg, lambda: [train_text], lines=lambda: train_text.splitlines())
     vocab.save(tmp)
     dtype = _token_dtype(len(vocab))
     info: dict = {"kind": "lm", "vocab": vocab_manifest(vocab), "splits": {}}

@@ -55,24 +55,28 @@ class EncoderModel(nn.Module):
         self.classifier = nn.Linear(cfg.d_model, cfg.n_classes) if cfg.n_classes > 0 else None
         init_linear_weights(self)
 
-    def forward(self, tokens: Tensor, mlm: bool = False) -> Tensor:
-        """(B, S) → the contextual states (B, S, d), or with ``mlm`` the masked-token logits (B, S, V) (one
-        entry point, so that DDP and torch.compile wrap training as they wrap every other model)."""
-        h = self.encoder(tokens, padding_mask(tokens))
-        return self.output(self.mlm_transform(h)) if mlm else h
+    def forward(self, tokens: Tensor, mlm: bool = False, classify: bool = False) -> Tensor:
+        """(B, S) → the contextual states (B, S, d); with ``mlm`` the masked-token logits (B, S, V); with
+        ``classify`` the class logits (B, n_classes) (one entry point, so that DDP and torch.compile wrap
+        training as they wrap every other model)."""
+        mask = padding_mask(tokens)
+        h = self.encoder(tokens, mask)  # (B, S, d)
+        if mlm:
+            return self.output(self.mlm_transform(h))
+        if classify:
+            if self.classifier is None:
+                raise ValueError("this model has no classification head (set n_classes > 0)")
+            keep = mask[:, 0, 0, :, None].to(h.dtype)  # (B, S, 1): the mean over real tokens
+            return self.classifier((h * keep).sum(1) / keep.sum(1).clamp_min(1.0))
+        return h
 
     def mlm_logits(self, tokens: Tensor) -> Tensor:
         """(B, S) → (B, S, V): a distribution over the vocabulary at every position."""
         return self(tokens, mlm=True)
 
     def classify(self, tokens: Tensor) -> Tensor:
-        """(B, S) → (B, n_classes) logits."""
-        if self.classifier is None:
-            raise ValueError("this model has no classification head (set n_classes > 0)")
-        h = self(tokens)  # (B, S, d)
-        keep = padding_mask(tokens)[:, 0, 0, :, None].to(h.dtype)  # (B, S, 1)
-        pooled = (h * keep).sum(1) / keep.sum(1).clamp_min(1.0)
-        return self.classifier(pooled)
+        """(B, S) → (B, n_classes) logits, from the mean of the non-padding states."""
+        return self(tokens, classify=True)
 
     def mlm_loss(self, tokens: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
         """Cross-entropy at the masked positions (targets = ignore_index elsewhere)."""

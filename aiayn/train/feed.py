@@ -1,5 +1,6 @@
-"""What each optimiser update trains on: token-bucketed batches of a parallel corpus (§5.1), or random
-windows of a language model's token stream, in an order every process computes the same way.
+"""What each optimiser update trains on: token-bucketed batches of a parallel corpus (§5.1) or of labelled
+sentences, or random windows of a language model's token stream, in an order every process computes the
+same way.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from ..config import MASKED_LANGUAGE_MODELS, PAD_ID, ConfigError, RunConfig
-from ..data.batching import ParallelData, collate, lm_batch, token_batches
+from ..data.batching import LabelledData, ParallelData, collate, lm_batch, token_batches
 
 
 class Feed:
@@ -33,6 +34,9 @@ class Feed:
         if kind == "parallel":
             self.train_data = ParallelData(cfg.data, "train")
             self.dev_data = ParallelData(cfg.data, "dev") if "dev" in splits else None
+        elif kind == "classify":
+            self.train_data = LabelledData(cfg.data, "train")
+            self.dev_data = LabelledData(cfg.data, "dev") if "dev" in splits else None
         else:
             self.train_tokens = np.load(Path(cfg.data) / "train.tokens.npy", mmap_mode="r")
             self.valid_tokens = np.load(Path(cfg.data) / "valid.tokens.npy", mmap_mode="r")
@@ -42,6 +46,8 @@ class Feed:
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         d = self.train_data
+        if self.kind == "classify":
+            return d.batches(self.cfg.max_tokens, self.cfg.seed, epoch)
         return token_batches(d.src_lens, d.tgt_lens, self.cfg.max_tokens, self.cfg.seed, epoch)
 
     def next_update(self, rank: int, world: int) -> tuple[list[tuple[torch.Tensor, ...]], int]:
@@ -70,6 +76,8 @@ class Feed:
             self._batches, self._batches_epoch = self._epoch_batches(self.epoch), self.epoch
         group = self._batches[self.batch_in_epoch : self.batch_in_epoch + per_update]
         self.batch_in_epoch += per_update
+        if self.kind == "classify":  # the loss is per sentence
+            return [self.train_data.collate(idx) for idx in group[rank::world]], sum(len(idx) for idx in group)
         total = sum(int(self.train_data.tgt_lens[idx].sum()) for idx in group)
         return [collate(self.train_data, idx) for idx in group[rank::world]], total
 

@@ -36,6 +36,7 @@ from torch import nn
 from ..accel import accelerate
 from ..atomic import write_json_atomic
 from ..config import (
+    HIGHER_IS_BETTER,
     LANGUAGE_MODELS,
     MASKED_LANGUAGE_MODELS,
     TRANSLATION_MODELS,
@@ -78,6 +79,13 @@ class Trainer:
         if self.kind == "lm" and m.arch not in LANGUAGE_MODELS + MASKED_LANGUAGE_MODELS:
             raise ConfigError(f"language-model data needs a language model "
                               f"({', '.join(LANGUAGE_MODELS + MASKED_LANGUAGE_MODELS)}), not {m.arch}")
+        self.labels: list[str] = manifest.get("labels", [])
+        if self.kind == "classify":
+            if m.arch != "encoder-only":
+                raise ConfigError(f"classification data needs an encoder-only model (model.arch: encoder-only), not {m.arch}")
+            if m.n_classes != len(self.labels):
+                m.n_classes = len(self.labels)  # the head's size is the data's number of labels
+                m.validate()
         if m.vocab_size != len(self.vocab):
             m.vocab_size = len(self.vocab)  # the model's vocabulary is the data's
             m.validate()
@@ -127,8 +135,12 @@ class Trainer:
         from .checkpoint import load_model_dir
 
         source, _, _ = load_model_dir(directory)
+        weights = source.state_dict()
+        if self.kind == "classify" and source.cfg.n_classes == 0:  # a pretrained encoder: the head starts fresh
+            weights.update({k: v for k, v in self.model.state_dict().items() if k.startswith("classifier.")})
+            log.info("the classification head (%d classes) starts from random weights", self.run.model.n_classes)
         try:
-            self.model.load_state_dict(source.state_dict())
+            self.model.load_state_dict(weights)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[-1].strip()
             raise ConfigError(f"train.init_from: {directory}'s weights do not fit this model ({first})") from None
@@ -153,6 +165,11 @@ class Trainer:
     def _loss(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, int]:
         dev = self.device
         with autocast_context(dev, self.cfg.dtype):
+            if self.kind == "classify":  # one label per sentence: the loss and its count are per sentence
+                x, y = (t.to(dev, non_blocking=True) for t in batch)
+                logits = self.train_model(x, classify=True)  # (B, n_classes)
+                loss, nll = label_smoothed_loss(logits, y, self.cfg.label_smoothing, ignore_index=-100)
+                return loss, nll, int(y.numel())
             if self.kind == "lm":
                 x, y = (t.to(dev, non_blocking=True) for t in batch)
                 if self.run.model.arch in MASKED_LANGUAGE_MODELS:  # x corrupted, y the originals where chosen
@@ -215,6 +232,10 @@ class Trainer:
             return lm_validation(self.model, self.feed.valid_tokens, self.feed.block, self.cfg.eval_lm_tokens, self.device)
         if self.feed.dev_data is None:
             return {}
+        if self.kind == "classify":
+            from ..evaluate import classification_validation
+
+            return classification_validation(self.model, self.feed.dev_data, self.cfg.max_tokens, self.device)
         from ..evaluate import corpus_loss, greedy_bleu
 
         out = corpus_loss(self.model, self.feed.dev_data, self.cfg.max_tokens, self.device)
@@ -255,7 +276,7 @@ class Trainer:
         if self.rank != 0:
             return None
         meta = {"step": self.step, "epoch": self.epoch, "elapsed_seconds": round(self.elapsed, 1), "metrics": metrics or {},
-                "train": self.run.to_dict()["train"]}
+                "train": self.run.to_dict()["train"], **({"labels": self.labels} if self.labels else {})}
         path = self.out / "checkpoints" / checkpoint_name(self.step)
         save_model_dir(path, self.model, self.run.model, self.vocab, meta, trainer_state=self._trainer_state(rng), overwrite=True)
         write_json_atomic(self.out / "checkpoints" / "latest.json", {"step": self.step, "path": path.name})
@@ -364,11 +385,12 @@ class Trainer:
             log.info("step %d: %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
             key = self.cfg.best_by if self.cfg.best_by in metrics else "val_loss"
             if key in metrics:
-                value = -metrics[key] if key == "val_bleu" else metrics[key]  # lower is better
+                value = -metrics[key] if key in HIGHER_IS_BETTER else metrics[key]  # lower is better
                 if value < self.best_loss:
                     self.best_loss, self.evals_since_best = value, 0
                     save_model_dir(self.out / "best", self.model, self.run.model, self.vocab,
-                                   {"step": self.step, "metrics": metrics, "best_by": key}, overwrite=True)
+                                   {"step": self.step, "metrics": metrics, "best_by": key,
+                                    **({"labels": self.labels} if self.labels else {})}, overwrite=True)
                 else:
                     self.evals_since_best += 1
         return metrics
