@@ -54,8 +54,9 @@ def main() -> None:
 
     import logging
 
-    import aiayn
     from machine import describe, write_results
+
+    import aiayn
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     print(f"CPU: {describe()}")
