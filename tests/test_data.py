@@ -175,3 +175,34 @@ def test_prepare_memory_does_not_grow_with_the_corpus(tmp_path):
     before, after = map(int, r.stdout.split())
     corpus_kb = (tmp_path / "big.tsv").stat().st_size // 1024
     assert after - before < corpus_kb, (before, after, corpus_kb)  # KiB: under 1× the text's size
+
+
+def test_a_sentencepiece_model_with_other_special_ids_is_mapped_not_refused(tmp_path):
+    """SentencePiece's default numbering (unk 0, bos 1, eos 2, no pad): prepared through --spm-model with
+    the pieces renumbered into aiayn's order; the text splits exactly as the model splits it."""
+    import io
+
+    import sentencepiece as spm
+
+    from aiayn.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+    from aiayn.data.prepare import PrepareConfig, prepare
+    from aiayn.data.vocab import load_vocab, sentencepiece_vocab
+
+    lines = [f"el gato {i} come pescado y el perro {i % 7} duerme" for i in range(300)]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf, vocab_size=60, minloglevel=2,
+                                   hard_vocab_limit=False)  # SentencePiece's defaults: <unk> 0, <s> 1, </s> 2
+    (tmp_path / "theirs.model").write_bytes(buf.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    assert [sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()] == [0, 1, 2, -1]
+    vocab = sentencepiece_vocab(buf.getvalue())
+    assert len(vocab) == sp.get_piece_size() + 1  # <pad> added
+    assert vocab.pieces([PAD_ID, UNK_ID, BOS_ID, EOS_ID]) == ["<pad>", "<unk>", "<s>", "</s>"]
+    for text in lines[:20] + ["zebra ñandú"]:
+        ids = vocab.encode(text)
+        assert ids == [vocab.index[sp.id_to_piece(i)] for i in sp.encode(text)]  # the model's split, renumbered
+        assert vocab.decode(ids) == sp.decode([i for i in sp.encode(text) if i != sp.unk_id()])  # <unk> dropped, as aiayn does
+    corpus = tmp_path / "c.tsv"
+    corpus.write_text("".join(f"{s}\t{s.upper()}\n" for s in lines))
+    prepare(PrepareConfig(train=str(corpus), out=str(tmp_path / "data"), spm_model=str(tmp_path / "theirs.model")))
+    assert load_vocab(tmp_path / "data").pieces(range(len(vocab))) == vocab.pieces(range(len(vocab)))

@@ -26,7 +26,7 @@ import numpy as np
 from ..atomic import atomic_directory
 from ..config import EOS_ID, PrepareConfig
 from .corpus import CorpusError, read_labelled, read_parallel, read_text
-from .vocab import CharVocab, SentencePieceVocab, load_vocab, vocab_manifest
+from .vocab import CharVocab, SentencePieceVocab, load_vocab, sentencepiece_vocab, vocab_manifest
 
 log = logging.getLogger(__name__)
 FORMAT = "aiayn-data/1"
@@ -78,7 +78,7 @@ def _check_options(cfg: PrepareConfig) -> None:
         if not p.is_file():
             raise CorpusError(f"{p}: no such file (--spm-model)")
         try:
-            SentencePieceVocab.load(p)
+            sentencepiece_vocab(p.read_bytes())
         except (RuntimeError, ValueError, OSError) as e:
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise CorpusError(f"{p}: not a usable SentencePiece model ({why})") from None
@@ -114,7 +114,7 @@ def _vocabulary(cfg: PrepareConfig, texts: Callable[[], Iterable[str]], lines: C
     if cfg.vocab_from:
         return load_vocab(cfg.vocab_from)
     if cfg.spm_model:
-        return SentencePieceVocab.load(Path(cfg.spm_model))
+        return sentencepiece_vocab(Path(cfg.spm_model).read_bytes())
     if cfg.vocab == "char":
         return CharVocab.train(texts())
     return SentencePieceVocab.train((lines or texts)(), cfg.vocab_size, cfg.vocab, seed=cfg.seed)

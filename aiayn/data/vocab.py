@@ -200,6 +200,25 @@ class PieceVocab:
         return path
 
 
+def sentencepiece_vocab(proto: bytes) -> SentencePieceVocab | PieceVocab:
+    """A SentencePiece model someone trained, as a vocabulary. With aiayn's special ids (pad 0, unk 1, bos 2,
+    eos 3) it is used as it is; with any others (SentencePiece's defaults are unk 0, bos 1, eos 2 and no pad)
+    its pieces are renumbered into aiayn's order — the specials first, a missing one added under its usual
+    name — and the same model splits both sides (a :class:`PieceVocab`). Text is split exactly as the model
+    splits it either way."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    ids = [sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()]
+    if ids == [PAD_ID, UNK_ID, BOS_ID, EOS_ID]:
+        return SentencePieceVocab(proto)
+    if ids[1] < 0:
+        raise ValueError("the SentencePiece model has no unknown-piece id")
+    head = [sp.id_to_piece(i) if i >= 0 else name for i, name in zip(ids, SPECIALS)]
+    rest = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if i not in ids]
+    return PieceVocab(head + rest, proto, proto)
+
+
 def vocab_manifest(vocab: Vocab) -> dict:
     """How a data or model directory describes its vocabulary: ``{"kind", "file", "size"}``."""
     return {"kind": vocab.kind, "file": vocab.filename, "size": len(vocab)}
