@@ -411,6 +411,8 @@ class PrepareConfig:
     vocab_size: int = option(8000, "vocabulary entries (shared by both languages)")
     spm_model: str | None = option(None, "reuse this SentencePiece model instead of training one")
     vocab_from: str | None = option(None, "reuse the vocabulary of this model or data directory (to fine-tune that model)")
+    separate_vocab: bool = option(False, "one vocabulary per language instead of a shared one (then model.tie: two_way or none)")
+    tgt_vocab_size: int = option(0, "with --separate-vocab: the target vocabulary's entries (0 = --vocab-size)")
     max_len: int = option(256, "drop pairs with more tokens on a side (counted)")
     valid_fraction: float = option(0.1, "--lm without --dev: the last fraction of the text is validation (nanoGPT)")
     seed: int = 1234
@@ -420,6 +422,16 @@ class PrepareConfig:
         _check_literals(self)
         if self.spm_model and self.vocab_from:
             raise ConfigError("--spm-model and --vocab-from both name a vocabulary: give one")
+        if self.separate_vocab and (self.spm_model or self.vocab_from):
+            raise ConfigError("--separate-vocab builds a vocabulary per language; --spm-model and --vocab-from reuse one "
+                              "(a model directory with separate vocabularies is reused as it is by --vocab-from)")
+        if self.separate_vocab and self.kind != "parallel":
+            raise ConfigError("--separate-vocab is for parallel corpora (a source and a target language)")
+        if self.tgt_vocab_size and not self.separate_vocab:
+            raise ConfigError("--tgt-vocab-size goes with --separate-vocab")
+        if self.tgt_vocab_size and self.tgt_vocab_size < 8:
+            raise ConfigError(f"--tgt-vocab-size {self.tgt_vocab_size}: a vocabulary needs the 4 special tokens and more "
+                              "(at least 8)")
         if self.vocab_size < 8 and not (self.spm_model or self.vocab_from) and self.vocab != "char":
             raise ConfigError(f"--vocab-size {self.vocab_size}: a vocabulary needs the 4 special tokens and more (at least 8)")
         if self.max_len < 1:

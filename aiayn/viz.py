@@ -130,7 +130,7 @@ def attention_maps(model, vocab, text: str, beam: int = 1, tgt_tokens: list[int]
     with recording_attention(model) as record:
         model(src, tgt_in)
     maps = {name: w[0].float() for name, w in record.items()}
-    out = {"src": vocab.pieces(src_ids + [EOS_ID]), "tgt": vocab.pieces(tgt_tokens + [EOS_ID]),
+    out = {"src": vocab.pieces(src_ids + [EOS_ID]), "tgt": vocab.pieces(tgt_tokens + [EOS_ID], side="target"),
            "translation": vocab.decode(tgt_tokens)}
     # The decoder read <s> y; row i is the prediction of target token i (y_i, or </s> last).
     out["encoder"] = [v for k, v in maps.items() if k.startswith("encoder.") and k.endswith("self_attn")]

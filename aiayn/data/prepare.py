@@ -18,7 +18,7 @@ import itertools
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ import numpy as np
 from ..atomic import atomic_directory
 from ..config import EOS_ID, PrepareConfig
 from .corpus import CorpusError, read_labelled, read_parallel, read_text
-from .vocab import CharVocab, SentencePieceVocab, load_vocab, sentencepiece_vocab, vocab_manifest
+from .vocab import CharVocab, SentencePieceVocab, SeparateVocab, load_vocab, sentencepiece_vocab, target_size, vocab_manifest
 
 log = logging.getLogger(__name__)
 FORMAT = "aiayn-data/1"
@@ -186,9 +186,14 @@ def _prepare_parallel(cfg: PrepareConfig, tmp: Path) -> dict:
     # consumes the corpus: SentencePiece's trainer could not report an error raised inside its input.
     if sum(1 for _ in _usable_pairs(cfg.train, _new_report())) == 0:
         raise CorpusError(f"{cfg.train}: no usable sentence pairs")
-    vocab = _vocabulary(cfg, lambda: _train_texts(cfg.train))
+    if cfg.separate_vocab:  # one per language, each from its own side
+        target_cfg = replace(cfg, vocab_size=cfg.tgt_vocab_size or cfg.vocab_size)
+        vocab = SeparateVocab(_vocabulary(cfg, lambda: (s for s, _ in _usable_pairs(cfg.train, _new_report()))),
+                              _vocabulary(target_cfg, lambda: (t for _, t in _usable_pairs(cfg.train, _new_report()))))
+    else:
+        vocab = _vocabulary(cfg, lambda: _train_texts(cfg.train))
     vocab.save(tmp)
-    dtype = _token_dtype(len(vocab))
+    dtype = _token_dtype(max(len(vocab), target_size(vocab)))
 
     info: dict = {"kind": "parallel", "vocab": vocab_manifest(vocab), "splits": {}}
     for split in ("train", "dev", "test"):

@@ -1,6 +1,6 @@
 """Vocabularies: a joint SentencePiece BPE model (§5.1's shared source-target vocabulary), characters,
-or a Marian-style piece list (one id space over the pieces of a source and a target SentencePiece model:
-how an imported OPUS-MT / Hugging Face Marian model tokenizes).
+a Marian-style piece list (one id space over the pieces of a source and a target SentencePiece model:
+how an imported OPUS-MT / Hugging Face Marian model tokenizes), or two separate vocabularies, one per side.
 
 All reserve the same special ids: 0 = <pad>, 1 = <unk>, 2 = <s> (BOS), 3 = </s> (EOS).
 A vocabulary is saved inside a model or data directory (its manifest names the main file), so that a
@@ -28,7 +28,7 @@ class Vocab(Protocol):
     def encode(self, text: str, side: str = "source") -> list[int]: ...
     def encode_batch(self, texts: list[str], side: str = "source") -> list[list[int]]: ...
     def decode(self, ids: Iterable[int]) -> str: ...
-    def pieces(self, ids: Iterable[int]) -> list[str]: ...
+    def pieces(self, ids: Iterable[int], side: str = "source") -> list[str]: ...
     def save(self, directory: Path) -> Path: ...
 
 
@@ -81,7 +81,7 @@ class SentencePieceVocab:
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.decode([i for i in ids if i > EOS_ID])
 
-    def pieces(self, ids: Iterable[int]) -> list[str]:
+    def pieces(self, ids: Iterable[int], side: str = "source") -> list[str]:
         return [self.sp.id_to_piece(int(i)) for i in ids]
 
     def save(self, directory: Path) -> Path:
@@ -127,7 +127,7 @@ class CharVocab:
         n = len(SPECIALS)
         return "".join(self.chars[i - n] for i in map(int, ids) if i >= n)
 
-    def pieces(self, ids: Iterable[int]) -> list[str]:
+    def pieces(self, ids: Iterable[int], side: str = "source") -> list[str]:
         n = len(SPECIALS)
         return [SPECIALS[i] if i < n else self.chars[i - n] for i in map(int, ids)]
 
@@ -189,7 +189,7 @@ class PieceVocab:
         text = self.sp["target"].decode_pieces([self.piece_list[i] for i in map(int, ids) if i > EOS_ID])
         return text.replace("\u2581", " ").strip()
 
-    def pieces(self, ids: Iterable[int]) -> list[str]:
+    def pieces(self, ids: Iterable[int], side: str = "source") -> list[str]:
         return [self.piece_list[int(i)] for i in ids]
 
     def save(self, directory: Path) -> Path:
@@ -198,6 +198,71 @@ class PieceVocab:
         for name, proto in zip(self.spm_files, self.protos):
             (Path(directory) / name).write_bytes(proto)
         return path
+
+
+class SeparateVocab:
+    """A source and a target vocabulary of their own (fairseq's default, Marian's ``--no-shared-vocab``):
+    two id spaces, so the two embedding tables are separate (``model.tie``: two_way or none; §3.4's
+    three-way tying needs one vocabulary). ``len()`` is the source side's size, ``target_size`` the
+    target's. Saved as ``separate.json`` with each side's files in ``source/`` and ``target/``."""
+
+    kind = "separate"
+    filename = "separate.json"
+
+    def __init__(self, source: Vocab, target: Vocab) -> None:
+        self.source, self.target = source, target
+
+    @classmethod
+    def load(cls, path: Path) -> SeparateVocab:
+        d = Path(path).parent
+        return cls(load_vocab(d / "source"), load_vocab(d / "target"))
+
+    def side(self, side: str) -> Vocab:
+        if side not in ("source", "target"):
+            raise ValueError(f"side must be 'source' or 'target', got {side!r}")
+        return self.source if side == "source" else self.target
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def target_size(self) -> int:
+        return len(self.target)
+
+    def encode(self, text: str, side: str = "source") -> list[int]:
+        return self.side(side).encode(text)
+
+    def encode_batch(self, texts: list[str], side: str = "source") -> list[list[int]]:
+        return self.side(side).encode_batch(texts)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.target.decode(ids)
+
+    def pieces(self, ids: Iterable[int], side: str = "source") -> list[str]:
+        return self.side(side).pieces(ids)
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / self.filename
+        for name, v in (("source", self.source), ("target", self.target)):
+            (Path(directory) / name).mkdir(exist_ok=True)
+            v.save(Path(directory) / name)
+        path.write_text(json.dumps({"source": vocab_manifest(self.source), "target": vocab_manifest(self.target)}) + "\n")
+        return path
+
+
+def target_size(vocab: Vocab) -> int:
+    """How many ids the target side has (a shared vocabulary: all of them)."""
+    return getattr(vocab, "target_size", len(vocab))
+
+
+def same_vocabulary(a: Vocab, b: Vocab) -> bool:
+    """Whether ``a`` and ``b`` give every text the same ids on both sides (same kind, pieces and models)."""
+    if type(a) is not type(b) or len(a) != len(b) or target_size(a) != target_size(b):
+        return False
+    if isinstance(a, SeparateVocab):
+        return same_vocabulary(a.source, b.source) and same_vocabulary(a.target, b.target)  # type: ignore[attr-defined]
+    return (a.pieces(range(len(a))) == b.pieces(range(len(b)))
+            and getattr(a, "protos", None) == getattr(b, "protos", None))
 
 
 def sentencepiece_vocab(proto: bytes) -> SentencePieceVocab | PieceVocab:
@@ -220,18 +285,24 @@ def sentencepiece_vocab(proto: bytes) -> SentencePieceVocab | PieceVocab:
 
 
 def vocab_manifest(vocab: Vocab) -> dict:
-    """How a data or model directory describes its vocabulary: ``{"kind", "file", "size"}``."""
-    return {"kind": vocab.kind, "file": vocab.filename, "size": len(vocab)}
+    """How a data or model directory describes its vocabulary: ``{"kind", "file", "size"}`` (and
+    ``target_size`` for separate vocabularies)."""
+    out = {"kind": vocab.kind, "file": vocab.filename, "size": len(vocab)}
+    if isinstance(vocab, SeparateVocab):
+        out["target_size"] = vocab.target_size
+    return out
 
 
-def load_vocab(directory: str | Path) -> SentencePieceVocab | CharVocab | PieceVocab:
+def load_vocab(directory: str | Path) -> SentencePieceVocab | CharVocab | PieceVocab | SeparateVocab:
     """The vocabulary stored in a data or model directory."""
     directory = Path(directory)
+    if (directory / SeparateVocab.filename).is_file():
+        return SeparateVocab.load(directory / SeparateVocab.filename)
     if (directory / PieceVocab.filename).is_file():
         return PieceVocab.load(directory / PieceVocab.filename)
     if (directory / SentencePieceVocab.filename).is_file():
         return SentencePieceVocab.load(directory / SentencePieceVocab.filename)
     if (directory / CharVocab.filename).is_file():
         return CharVocab.load(directory / CharVocab.filename)
-    raise FileNotFoundError(f"{directory}: no vocabulary ({SentencePieceVocab.filename}, {CharVocab.filename} "
-                            f"or {PieceVocab.filename})")
+    raise FileNotFoundError(f"{directory}: no vocabulary ({SentencePieceVocab.filename}, {CharVocab.filename}, "
+                            f"{PieceVocab.filename} or {SeparateVocab.filename})")

@@ -189,7 +189,7 @@ class Translator:
             alignment = cross[-1][0].float().mean(0).argmax(-1).tolist() if cross else None  # (T,) over S
             out.append({
                 "translation": self.vocab.decode(best.tokens), "score": best.score, "log_prob": best.log_prob,
-                "tokens": self.vocab.pieces(best.tokens) + ["</s>"], "token_log_probs": token_logp.tolist(),
+                "tokens": self.vocab.pieces(best.tokens, side="target") + ["</s>"], "token_log_probs": token_logp.tolist(),
                 "source_tokens": self.vocab.pieces(ids) + ["</s>"], "alignment": alignment,
                 "nbest": [{"translation": self.vocab.decode(h.tokens), "score": h.score} for h in nbest],
             })

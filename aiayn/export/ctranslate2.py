@@ -64,10 +64,11 @@ def to_ctranslate2(model, vocab, out: str | Path, quantization: str | None = Non
     else:
         spec = _encoder_decoder_spec(model, max_positions)
         spec.register_source_vocabulary(pieces)
-        spec.register_target_vocabulary(vocab.pieces(range(cfg.target_vocab_size)) if cfg.tgt_vocab_size else pieces)
+        spec.register_target_vocabulary(vocab.pieces(range(cfg.target_vocab_size), side="target"))
         spec.config.add_source_eos = True  # aiayn's source is x </s>
-        spec.config.decoder_start_token = pieces[BOS_ID]
-    spec.config.unk_token, spec.config.bos_token, spec.config.eos_token = pieces[UNK_ID], pieces[BOS_ID], pieces[EOS_ID]
+        spec.config.decoder_start_token = vocab.pieces([BOS_ID], side="target")[0]
+    target = vocab.pieces([UNK_ID, BOS_ID, EOS_ID], side="target")  # the specials as the target side names them
+    spec.config.unk_token, spec.config.bos_token, spec.config.eos_token = target
     spec.config.layer_norm_epsilon = cfg.ln_eps
     spec.validate()
     spec.optimize(quantization=quantization)

@@ -76,9 +76,7 @@ def _write_onnx(model, vocab, out: Path, beam: int, nbest: int, alpha: float, ex
             "pad_id": PAD_ID, "bos_id": BOS_ID, "eos_id": EOS_ID,
             "beam_search": onnx_beam.save(model, out, beam, nbest, alpha, extra)}
     (out / "config.json").write_text(json.dumps(meta, indent=2))
-    proto = getattr(vocab, "proto", None)
-    if proto is not None:
-        (out / "spm.model").write_bytes(proto)
+    vocab.save(out)  # the tokenizer beside the graphs (spm.model, chars.json, …)
 
 
 def greedy(path: str | Path, ids: list[list[int]], max_len: int, threads: int = 1) -> list[list[int]]:

@@ -46,7 +46,7 @@ from ..config import (
     load_run_config,
 )
 from ..data.prepare import load_manifest
-from ..data.vocab import load_vocab
+from ..data.vocab import load_vocab, same_vocabulary, target_size
 from ..model import build_model, count_parameters
 from .checkpoint import checkpoint_name, latest_checkpoint, restore_checkpoint, run_checkpoints, save_model_dir
 from .feed import Feed
@@ -86,8 +86,13 @@ class Trainer:
             if m.n_classes != len(self.labels):
                 m.n_classes = len(self.labels)  # the head's size is the data's number of labels
                 m.validate()
-        if m.vocab_size != len(self.vocab):
-            m.vocab_size = len(self.vocab)  # the model's vocabulary is the data's
+        separate = target_size(self.vocab) != len(self.vocab) or self.vocab.kind == "separate"
+        if separate and m.tie == "three_way":
+            raise ConfigError(f"{cfg.data} has separate source and target vocabularies: §3.4's three-way tying needs one "
+                              "shared vocabulary; set model.tie: two_way (target embedding = output layer) or none")
+        tgt_size = target_size(self.vocab) if separate else None
+        if m.vocab_size != len(self.vocab) or m.tgt_vocab_size != tgt_size:
+            m.vocab_size, m.tgt_vocab_size = len(self.vocab), tgt_size  # the model's vocabularies are the data's
             m.validate()
         self.out = Path(cfg.out)
         self.step = 0
@@ -402,8 +407,7 @@ def _check_same_vocabulary(model_dir: str, ours, data_dir: str) -> None:
         theirs = load_vocab(model_dir)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise ConfigError(f"train.init_from: {model_dir}: cannot load its vocabulary ({e})") from None
-    if (type(theirs) is not type(ours) or theirs.pieces(range(len(theirs))) != ours.pieces(range(len(ours)))
-            or getattr(theirs, "protos", None) != getattr(ours, "protos", None)):
+    if not same_vocabulary(theirs, ours):
         raise ConfigError(f"train.init_from: the data in {data_dir} uses another vocabulary than {model_dir} "
                           f"({len(ours):,} against {len(theirs):,} entries); prepare it with --vocab-from {model_dir}")
 
