@@ -62,7 +62,8 @@ def test_a_model_with_separate_vocabularies_translates_scores_and_exports(separa
     d, manifest, result = separate
     model = aiayn.load(d / "run" / "checkpoints" / "step_0000400", device="cpu")
     cfg = model.network.cfg
-    assert (cfg.vocab_size, cfg.tgt_vocab_size, cfg.tie) == (manifest["vocab"]["size"], manifest["vocab"]["target_size"], "two_way")
+    sizes = (manifest["vocab"]["size"], manifest["vocab"]["target_size"])
+    assert (cfg.vocab_size, cfg.tgt_vocab_size, cfg.tie) == (*sizes, "two_way")
     assert model.network.encoder.input.embedding.weight.shape[0] != model.network.decoder.input.embedding.weight.shape[0]
     lines = [line.split("\t") for line in toy["test"].read_text().splitlines()[:20]]
     src, ref = [s for _, s, _ in lines], [t for _, _, t in lines]
