@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -411,6 +412,8 @@ class PrepareConfig:
     vocab_size: int = option(8000, "vocabulary entries (shared by both languages)")
     spm_model: str | None = option(None, "reuse this SentencePiece model instead of training one")
     vocab_from: str | None = option(None, "reuse the vocabulary of this model or data directory (to fine-tune that model)")
+    more_dev: str | None = option(None, "more development sets, each evaluated and logged apart during training "
+                                        "(val_loss@NAME …): NAME=FILE[;NAME=FILE…], FILE as for --dev")
     separate_vocab: bool = option(False, "one vocabulary per language instead of a shared one (then model.tie: two_way or none)")
     tgt_vocab_size: int = option(0, "with --separate-vocab: the target vocabulary's entries (0 = --vocab-size)")
     max_len: int = option(256, "drop pairs with more tokens on a side (counted)")
@@ -420,6 +423,7 @@ class PrepareConfig:
 
     def __post_init__(self) -> None:
         _check_literals(self)
+        self.dev_sets()  # checks --more-dev
         if self.spm_model and self.vocab_from:
             raise ConfigError("--spm-model and --vocab-from both name a vocabulary: give one")
         if self.separate_vocab and (self.spm_model or self.vocab_from):
@@ -438,6 +442,22 @@ class PrepareConfig:
             raise ConfigError(f"--max-len {self.max_len}: must be at least 1")
         if not 0.0 < self.valid_fraction < 1.0:
             raise ConfigError(f"--valid-fraction {self.valid_fraction}: must be between 0 and 1 (exclusive)")
+
+    def dev_sets(self) -> list[tuple[str, str]]:
+        """``--more-dev`` as (name, corpus) pairs; each becomes the split ``dev.NAME``."""
+        if not self.more_dev:
+            return []
+        if self.kind != "parallel" or not self.dev:
+            raise ConfigError("--more-dev adds development sets to a parallel corpus's --dev")
+        out: list[tuple[str, str]] = []
+        for item in self.more_dev.split(";"):
+            name, sep, spec = item.partition("=")
+            if not sep or not spec or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+                raise ConfigError(f"--more-dev {item!r}: expected NAME=FILE (a name of letters, digits, _ and -)")
+            if name in (n for n, _ in out):
+                raise ConfigError(f"--more-dev names {name!r} twice")
+            out.append((name, spec))
+        return out
 
 
 @dataclass

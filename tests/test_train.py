@@ -409,3 +409,38 @@ def test_activation_checkpointing_gives_the_same_gradients(preset):
 def test_training_with_activation_checkpointing(toy_data, tmp_path):
     result = train(run_cfg(toy_data, tmp_path / "ac", activation_checkpointing=True, max_steps=2, eval_every=2))
     assert result["step"] == 2 and math.isfinite(result["val_loss"])
+
+
+def test_several_dev_sets_are_evaluated_and_logged_apart(toy_corpus, tmp_path):
+    """prepare --more-dev NAME=FILE;…: each extra dev set is prepared as its own split and evaluated with the
+    main one (val_loss@NAME, ppl@NAME, val_bleu@NAME); the main dev set alone picks OUT/best."""
+    from aiayn.data.prepare import PrepareConfig, prepare
+    from aiayn.evaluate import corpus_loss
+
+    from .conftest import make_pairs, write_tsv
+
+    other = write_tsv(tmp_path / "other.tsv", make_pairs(30, 9, reverse=False))
+    manifest = prepare(PrepareConfig(train=str(toy_corpus["train"]), dev=str(toy_corpus["dev"]), out=str(tmp_path / "data"),
+                                     vocab_size=100, more_dev=f"copy={other};same={toy_corpus['dev']}"))
+    assert {"dev", "dev.copy", "dev.same"} <= set(manifest["splits"]) and manifest["splits"]["dev.copy"]["pairs"] == 30
+    result = train(run_cfg(tmp_path / "data", tmp_path / "run", max_steps=4, warmup=2, eval_every=2,
+                           eval_bleu_sentences=5))
+    evals = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "eval"]
+    assert len(evals) == 2
+    for r in evals:
+        assert {"val_loss", "val_bleu", "val_loss@copy", "ppl@copy", "val_bleu@copy", "val_loss@same"} <= set(r)
+        assert r["val_loss@same"] == pytest.approx(r["val_loss"], rel=1e-6)  # the same sentences: the same loss
+        assert r["val_loss@copy"] != r["val_loss"]
+    model, _, _ = load_model_dir(tmp_path / "run" / "checkpoints" / "step_0000004")
+    from aiayn.data.batching import ParallelData
+
+    assert corpus_loss(model, ParallelData(tmp_path / "data", "dev.copy"), 300)["val_loss"] == pytest.approx(
+        result["val_loss@copy"], rel=1e-5)
+    best = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
+    assert best["best_by"] == "val_loss"
+    for bad, message in [("copy", "NAME=FILE"), ("a b=x.tsv", "NAME=FILE"), (f"x={other};x={other}", "twice")]:
+        with pytest.raises(ConfigError, match=message):
+            PrepareConfig(train=str(toy_corpus["train"]), dev=str(toy_corpus["dev"]), out=str(tmp_path / "d2"), more_dev=bad)
+    with pytest.raises(ConfigError, match="adds development sets to a parallel corpus's --dev"):
+        PrepareConfig(train=str(toy_corpus["train"]), out=str(tmp_path / "d2"), more_dev=f"x={other}")

@@ -46,10 +46,8 @@ def _input_files(spec: str) -> list[str]:
 
 def _fingerprint(cfg: PrepareConfig) -> dict:
     files = {}
-    for split in ("train", "dev", "test"):
-        spec = getattr(cfg, split)
-        if spec:
-            files[split] = [{"path": p, "sha256": sha256_file(p)} for p in _input_files(spec)]
+    for split, spec in _splits(cfg):
+        files[split] = [{"path": p, "sha256": sha256_file(p)} for p in _input_files(spec)]
     if cfg.spm_model:
         files["spm_model"] = [{"path": cfg.spm_model, "sha256": sha256_file(cfg.spm_model)}]
     if cfg.vocab_from:
@@ -59,6 +57,12 @@ def _fingerprint(cfg: PrepareConfig) -> dict:
     options = {k: v for k, v in asdict(cfg).items()
                if k not in ("train", "dev", "test", "out", "spm_model", "vocab_from", "overwrite")}
     return {"inputs": files, "options": options}
+
+
+def _splits(cfg: PrepareConfig) -> list[tuple[str, str]]:
+    """(split name, corpus) of each given split: train, dev, test, then ``dev.NAME`` for each --more-dev set."""
+    named = [(split, getattr(cfg, split)) for split in ("train", "dev", "test")]
+    return [(s, spec) for s, spec in named if spec] + [(f"dev.{name}", spec) for name, spec in cfg.dev_sets()]
 
 
 def _token_dtype(vocab_size: int) -> np.dtype:
@@ -196,10 +200,7 @@ def _prepare_parallel(cfg: PrepareConfig, tmp: Path) -> dict:
     dtype = _token_dtype(max(len(vocab), target_size(vocab)))
 
     info: dict = {"kind": "parallel", "vocab": vocab_manifest(vocab), "splits": {}}
-    for split in ("train", "dev", "test"):
-        spec = getattr(cfg, split)
-        if not spec:
-            continue
+    for split, spec in _splits(cfg):
         report = _new_report()
         src_out, tgt_out = _TokenWriter(tmp, f"{split}.src", dtype), _TokenWriter(tmp, f"{split}.tgt", dtype)
         # Keep the raw text of the evaluation splits: BLEU is computed against the untokenized reference.

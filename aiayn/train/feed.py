@@ -34,6 +34,8 @@ class Feed:
         if kind == "parallel":
             self.train_data = ParallelData(cfg.data, "train")
             self.dev_data = ParallelData(cfg.data, "dev") if "dev" in splits else None
+            # More dev sets (prepare --more-dev NAME=FILE): evaluated and logged apart, as NAME.
+            self.more_dev = {s.split(".", 1)[1]: ParallelData(cfg.data, s) for s in splits if s.startswith("dev.")}
         elif kind == "classify":
             self.train_data = LabelledData(cfg.data, "train")
             self.dev_data = LabelledData(cfg.data, "dev") if "dev" in splits else None

@@ -243,10 +243,13 @@ class Trainer:
             return classification_validation(self.model, self.feed.dev_data, self.cfg.max_tokens, self.device)
         from ..evaluate import corpus_loss, greedy_bleu
 
-        out = corpus_loss(self.model, self.feed.dev_data, self.cfg.max_tokens, self.device)
-        if self.cfg.eval_bleu_sentences > 0:
-            out["val_bleu"] = greedy_bleu(self.model, self.vocab, Path(self.cfg.data) / "dev.txt.jsonl",
-                                       self.cfg.eval_bleu_sentences, self.device, self.cfg.eval_beam)
+        out: dict[str, float] = {}
+        for name, data in [("", self.feed.dev_data), *self.feed.more_dev.items()]:  # the main dev set, then the others
+            at, split = (f"@{name}", f"dev.{name}") if name else ("", "dev")
+            out.update({k + at: v for k, v in corpus_loss(self.model, data, self.cfg.max_tokens, self.device).items()})
+            if self.cfg.eval_bleu_sentences > 0:
+                out["val_bleu" + at] = greedy_bleu(self.model, self.vocab, Path(self.cfg.data) / f"{split}.txt.jsonl",
+                                                   self.cfg.eval_bleu_sentences, self.device, self.cfg.eval_beam)
         return out
 
     # --- checkpoints ------------------------------------------------------------------------
