@@ -409,7 +409,7 @@ class PrepareConfig:
     test: str | None = option(None, "test set, same formats as --train")
     kind: Literal["parallel", "lm", "classify"] = "parallel"
     vocab: Literal["bpe", "unigram", "char"] = option("bpe", "SentencePiece BPE, unigram, or characters")
-    vocab_size: int = option(8000, "vocabulary entries (shared by both languages)")
+    vocab_size: int = option(8000, "vocabulary entries (shared by both languages; the source's with --separate-vocab)")
     spm_model: str | None = option(None, "reuse this SentencePiece model instead of training one")
     vocab_from: str | None = option(None, "reuse the vocabulary of this model or data directory (to fine-tune that model)")
     more_dev: str | None = option(None, "more development sets, each evaluated and logged apart during training "
