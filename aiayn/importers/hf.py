@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, ModelConfig
+from ..config import BOS_ID, PAD_ID, ModelConfig
 from . import ImportRefused
 
 log = logging.getLogger(__name__)
@@ -93,9 +93,11 @@ def load_weights(directory: Path) -> dict[str, Tensor]:
     from safetensors.torch import load_file
 
     index = directory / "model.safetensors.index.json"
-    files = ([directory / "model.safetensors"] if (directory / "model.safetensors").is_file() else
-             [directory / f for f in sorted(set(_read_json(index, "shard index")["weight_map"].values()))] if index.is_file()
-             else [])
+    files: list[Path] = []
+    if (directory / "model.safetensors").is_file():
+        files = [directory / "model.safetensors"]
+    elif index.is_file():  # a sharded checkpoint: every file the index names
+        files = [directory / f for f in sorted(set(_read_json(index, "shard index").get("weight_map", {}).values()))]
     out: dict[str, Tensor] = {}
     try:
         for f in files:
@@ -131,11 +133,11 @@ def id_order(hf: dict[str, Any], vocab: dict[str, int], tokens: dict[str, Any]) 
             raise ImportRefused(f"config.json: {name} = {i!r} is not an id of the {len(vocab):,}-entry vocabulary")
     unk = vocab[unk_piece]
     by_id = {i: p for p, i in vocab.items()}
-    if sorted(by_id) != list(range(len(vocab))) or len(by_id) != len(vocab):
-        raise ImportRefused("vocab.json: ids must be 0 … V−1, each once")
+    if not all(isinstance(i, int) for i in by_id) or sorted(by_id) != list(range(len(vocab))):
+        raise ImportRefused("vocab.json: ids must be the whole numbers 0 … V−1, each once")
     if len({pad, unk, eos}) < 3 or start in (unk, eos):
         raise ImportRefused(f"config.json: the special ids pad={pad} unk={unk} eos={eos} start={start} must differ")
-    head = [pad, unk, start, eos]  # aiayn's PAD_ID, UNK_ID, BOS_ID, EOS_ID
+    head = [pad, unk, start, eos]  # aiayn's PAD_ID, UNK_ID, BOS_ID, EOS_ID: 0, 1, 2, 3
     order = head + [i for i in range(len(vocab)) if i not in head]
     pieces = [by_id[i] for i in order]
     if start == pad:
@@ -143,7 +145,6 @@ def id_order(hf: dict[str, Any], vocab: dict[str, int], tokens: dict[str, Any]) 
             raise ImportRefused("decoding starts from the padding token and vocab.json has a '<s>' of its own: "
                                 "cannot name the start")
         pieces[BOS_ID] = "<s>"
-    assert (PAD_ID, UNK_ID, BOS_ID, EOS_ID) == (0, 1, 2, 3)
     return order, pieces
 
 
