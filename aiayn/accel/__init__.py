@@ -111,7 +111,7 @@ class FastOutputLayer(OutputLayer):
     """The pre-softmax projection through :func:`~aiayn.accel.linear.linear`."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return onednn_linear(x, self.tied.weight if self.tied is not None else self.weight, self.bias)
+        return onednn_linear(x, self.matrix, self.bias)
 
 
 def accelerate(model: nn.Module, choice: Choices | None = None, training: bool = False) -> list[str]:

@@ -87,8 +87,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
                     rows = (mod.q_rows, mod.kv_rows)  # queries; keys and values (encoder-decoder attention)
                 setattr(mod, name, Int8Linear(child.weight, child.bias, rows))
             elif isinstance(child, OutputLayer):
-                w = child.tied.weight if child.tied is not None else child.weight
-                setattr(mod, name, Int8Linear(w, child.bias))
+                setattr(mod, name, Int8Linear(child.matrix, child.bias))
     return q
 
 

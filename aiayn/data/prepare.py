@@ -26,7 +26,16 @@ import numpy as np
 from ..atomic import atomic_directory
 from ..config import EOS_ID, PrepareConfig
 from .corpus import CorpusError, read_labelled, read_parallel, read_text
-from .vocab import CharVocab, SentencePieceVocab, SeparateVocab, load_vocab, sentencepiece_vocab, target_size, vocab_manifest
+from .vocab import (
+    CharVocab,
+    SentencePieceVocab,
+    SeparateVocab,
+    load_vocab,
+    sentencepiece_vocab,
+    target_size,
+    vocab_files,
+    vocab_manifest,
+)
 
 log = logging.getLogger(__name__)
 FORMAT = "aiayn-data/1"
@@ -50,10 +59,9 @@ def _fingerprint(cfg: PrepareConfig) -> dict:
         files[split] = [{"path": p, "sha256": sha256_file(p)} for p in _input_files(spec)]
     if cfg.spm_model:
         files["spm_model"] = [{"path": cfg.spm_model, "sha256": sha256_file(cfg.spm_model)}]
-    if cfg.vocab_from:
-        d = Path(cfg.vocab_from)
-        names = [n for n in ("spm.model", "chars.json", "pieces.json", "source.spm", "target.spm") if (d / n).is_file()]
-        files["vocab_from"] = [{"path": str(d / n), "sha256": sha256_file(d / n)} for n in names]
+    if cfg.vocab_from:  # whatever files the directory's vocabulary consists of
+        files["vocab_from"] = [{"path": str(Path(cfg.vocab_from) / name), "sha256": hashlib.sha256(data).hexdigest()}
+                               for name, data in vocab_files(load_vocab(cfg.vocab_from)).items()]
     options = {k: v for k, v in asdict(cfg).items()
                if k not in ("train", "dev", "test", "out", "spm_model", "vocab_from", "overwrite")}
     return {"inputs": files, "options": options}
@@ -91,8 +99,8 @@ def _check_options(cfg: PrepareConfig) -> None:
 def prepare(cfg: PrepareConfig) -> dict:
     """Prepare ``cfg.train`` (and dev/test) into ``cfg.out``; returns the manifest."""
     out = Path(cfg.out)
+    _check_options(cfg)  # first: the fingerprint reads the vocabulary and files these check
     fp = _fingerprint(cfg)
-    _check_options(cfg)
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
         try:
@@ -252,10 +260,7 @@ def _prepare_classify(cfg: PrepareConfig, tmp: Path) -> dict:
     (tmp / "labels.json").write_text(json.dumps(labels, ensure_ascii=False) + "\n", encoding="utf-8")
     index = {label: i for i, label in enumerate(labels)}
     info: dict = {"kind": "classify", "vocab": vocab_manifest(vocab), "labels": labels, "splits": {}}
-    for split in ("train", "dev", "test"):
-        spec = getattr(cfg, split)
-        if not spec:
-            continue
+    for split, spec in _splits(cfg):
         report = _new_report()
         writer, ids = _TokenWriter(tmp, f"{split}.src", _token_dtype(len(vocab))), []
         pairs = _labelled(spec, report)

@@ -255,14 +255,18 @@ def target_size(vocab: Vocab) -> int:
     return getattr(vocab, "target_size", len(vocab))
 
 
+def vocab_files(vocab: Vocab) -> dict[str, bytes]:
+    """The files ``vocab.save`` writes, by relative path: everything that decides how it encodes."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab.save(Path(tmp))
+        return {str(p.relative_to(tmp)): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
+
+
 def same_vocabulary(a: Vocab, b: Vocab) -> bool:
-    """Whether ``a`` and ``b`` give every text the same ids on both sides (same kind, pieces and models)."""
-    if type(a) is not type(b) or len(a) != len(b) or target_size(a) != target_size(b):
-        return False
-    if isinstance(a, SeparateVocab):
-        return same_vocabulary(a.source, b.source) and same_vocabulary(a.target, b.target)  # type: ignore[attr-defined]
-    return (a.pieces(range(len(a))) == b.pieces(range(len(b)))
-            and getattr(a, "protos", None) == getattr(b, "protos", None))
+    """Whether ``a`` and ``b`` are the same vocabulary (the same kind, pieces and models on both sides)."""
+    return type(a) is type(b) and vocab_files(a) == vocab_files(b)
 
 
 def sentencepiece_vocab(proto: bytes) -> SentencePieceVocab | PieceVocab:

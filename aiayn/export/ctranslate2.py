@@ -97,8 +97,7 @@ def _position_table(cfg, max_positions: int, positional) -> np.ndarray:
 
 
 def _output(spec, model) -> None:
-    out_w = model.output.tied.weight if model.output.tied is not None else model.output.weight
-    _linear(spec.projection, out_w, model.output.bias)
+    _linear(spec.projection, model.output.matrix, model.output.bias)
 
 
 def _encoder_decoder_spec(model, max_positions: int):

@@ -129,9 +129,13 @@ class OutputLayer(nn.Module):
         self.weight = None if tied is not None else nn.Parameter(nn.init.xavier_uniform_(torch.empty(vocab_size, d_model)))
         self.bias = nn.Parameter(torch.zeros(vocab_size)) if bias else None
 
+    @property
+    def matrix(self) -> Tensor:
+        """The (V, d) matrix in use: the tied embedding's, or this layer's own."""
+        return self.tied.weight if self.tied is not None else self.weight
+
     def forward(self, x: Tensor) -> Tensor:
-        w = self.tied.weight if self.tied is not None else self.weight
-        return F.linear(x, w, self.bias)  # (B, T, d) → (B, T, V)
+        return F.linear(x, self.matrix, self.bias)  # (B, T, d) → (B, T, V)
 
 
 class Transformer(nn.Module):

@@ -80,13 +80,14 @@ class Trainer:
             raise ConfigError(f"language-model data needs a language model "
                               f"({', '.join(LANGUAGE_MODELS + MASKED_LANGUAGE_MODELS)}), not {m.arch}")
         self.labels: list[str] = manifest.get("labels", [])
+        self.model_meta = {"labels": self.labels} if self.labels else {}  # what every saved model directory carries
         if self.kind == "classify":
             if m.arch != "encoder-only":
                 raise ConfigError(f"classification data needs an encoder-only model (model.arch: encoder-only), not {m.arch}")
             if m.n_classes != len(self.labels):
                 m.n_classes = len(self.labels)  # the head's size is the data's number of labels
                 m.validate()
-        separate = target_size(self.vocab) != len(self.vocab) or self.vocab.kind == "separate"
+        separate = self.vocab.kind == "separate"
         if separate and m.tie == "three_way":
             raise ConfigError(f"{cfg.data} has separate source and target vocabularies: §3.4's three-way tying needs one "
                               "shared vocabulary; set model.tie: two_way (target embedding = output layer) or none")
@@ -284,7 +285,7 @@ class Trainer:
         if self.rank != 0:
             return None
         meta = {"step": self.step, "epoch": self.epoch, "elapsed_seconds": round(self.elapsed, 1), "metrics": metrics or {},
-                "train": self.run.to_dict()["train"], **({"labels": self.labels} if self.labels else {})}
+                "train": self.run.to_dict()["train"], **self.model_meta}
         path = self.out / "checkpoints" / checkpoint_name(self.step)
         save_model_dir(path, self.model, self.run.model, self.vocab, meta, trainer_state=self._trainer_state(rng), overwrite=True)
         write_json_atomic(self.out / "checkpoints" / "latest.json", {"step": self.step, "path": path.name})
@@ -397,8 +398,7 @@ class Trainer:
                 if value < self.best_loss:
                     self.best_loss, self.evals_since_best = value, 0
                     save_model_dir(self.out / "best", self.model, self.run.model, self.vocab,
-                                   {"step": self.step, "metrics": metrics, "best_by": key,
-                                    **({"labels": self.labels} if self.labels else {})}, overwrite=True)
+                                   {"step": self.step, "metrics": metrics, "best_by": key, **self.model_meta}, overwrite=True)
                 else:
                     self.evals_since_best += 1
         return metrics
