@@ -219,3 +219,23 @@ def test_import_command_round_trips_the_shipped_model(tmp_path):
     assert len(again.stderr.strip().splitlines()) == 1
     missing = aiayn_cli("import", str(tmp_path / "nothing"), str(tmp_path / "x"), "--from", "hf")
     assert missing.stderr.strip().splitlines() == [f"aiayn: error: {tmp_path / 'nothing'}: no such directory"]
+
+
+def test_an_imported_model_exports_back_with_its_two_sentencepiece_models(opus_like, tmp_path):
+    """import → export --to hf: the export carries the imported model's own source.spm and target.spm, and
+    MarianTokenizer reads it with aiayn's ids (the round trip in the other direction)."""
+    from transformers import MarianTokenizer
+
+    import aiayn
+    from aiayn.export.hf import to_hf
+    from aiayn.importers.hf import from_hf
+
+    d, src, tgt = opus_like
+    from_hf(d, tmp_path / "m")
+    model = aiayn.load(tmp_path / "m", device="cpu")
+    to_hf(model.network, model.vocab, tmp_path / "hf")
+    for name in ("source.spm", "target.spm"):
+        assert (tmp_path / "hf" / name).read_bytes() == (d / name).read_bytes()
+    tok = MarianTokenizer.from_pretrained(tmp_path / "hf")
+    assert [ids[:-1] for ids in tok(src[:5])["input_ids"]] == model.vocab.encode_batch(src[:5])
+    assert [ids[:-1] for ids in tok(text_target=tgt[:5])["input_ids"]] == model.vocab.encode_batch(tgt[:5], side="target")

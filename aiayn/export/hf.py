@@ -161,14 +161,16 @@ def to_hf(model, vocab, out: str | Path, overwrite: bool = False):
 
 
 def _write_tokenizer(vocab, out: Path) -> None:
-    """MarianTokenizer files: the SentencePiece model for both sides and the piece → id map in aiayn's order."""
+    """MarianTokenizer files: the SentencePiece model of each side (one joint model serves both; an imported
+    Marian model keeps its two) and the piece → id map in aiayn's order."""
     proto = getattr(vocab, "proto", None)
-    if proto is None:  # a character vocabulary: nothing HF's tokenizers can load; the weights are still usable
+    protos = getattr(vocab, "protos", None) or ((proto, proto) if proto is not None else None)
+    if protos is None:  # a character vocabulary: nothing HF's tokenizers can load; the weights are still usable
         (out / "vocab.json").write_text(json.dumps({p: i for i, p in enumerate(vocab.pieces(range(len(vocab))))},
                                                    ensure_ascii=False))
         return
-    for name in ("source.spm", "target.spm"):
-        (out / name).write_bytes(proto)
+    for name, side in zip(("source.spm", "target.spm"), protos):
+        (out / name).write_bytes(side)
     pieces = vocab.pieces(range(len(vocab)))
     (out / "vocab.json").write_text(json.dumps({p: i for i, p in enumerate(pieces)}, ensure_ascii=False, indent=0))
     (out / "tokenizer_config.json").write_text(json.dumps({
