@@ -612,6 +612,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads, set by `aiayn train` (0 = leave PyTorch's default)
     accelerate: bool = True  # CPU fast paths measured on this machine (aiayn.accel); false = the plain model
     compile: bool = False
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate the model (ddp) or shard it (fsdp, FSDP2)
     activation_checkpointing: bool = False  # recompute each layer in the backward pass: less memory, ≈1/3 more compute
     seed: int = 1234
     init_from: str = ""  # fine-tuning: a model directory whose weights (and model config) the run starts from
@@ -641,6 +642,11 @@ class TrainConfig:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas) or not self.adam_eps > 0:
             raise ConfigError("train.adam_betas must be two numbers in [0, 1) and train.adam_eps positive")
+        if self.parallel == "fsdp" and self.compile:
+            raise ConfigError("train.compile with train.parallel: fsdp is not supported; use one of them")
+        if self.parallel == "fsdp" and self.optimizer == "muon":
+            raise ConfigError("train.optimizer: muon with train.parallel: fsdp is not supported (Muon orthogonalises "
+                              "whole matrices, FSDP holds slices of them); use adam, or parallel: ddp")
         if self.max_steps and self.warmup >= self.max_steps:
             log.warning("train.warmup (%d) >= train.max_steps (%d): the learning rate never leaves warm-up",
                         self.warmup, self.max_steps)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,10 @@ def save_model_dir(
     trainer_state: dict[str, Any] | None = None,
     half: bool = False,
     overwrite: bool = False,
+    move_in: dict[str, Path] | None = None,
 ) -> Path:
     """Write a model directory atomically. ``half`` stores the weights in float16 (for shipping).
+    ``move_in``: directories aiayn already wrote (a sharded optimizer state) that become part of it, by name.
 
     An existing directory is replaced only when aiayn wrote it and ``overwrite`` is set
     (:func:`aiayn.atomic.check_replaceable`). Weights that are not finite are refused: a NaN written
@@ -71,6 +74,8 @@ def save_model_dir(
         (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer_state.pt")
+        for name, source in (move_in or {}).items():
+            os.replace(source, tmp / name)
     return final
 
 

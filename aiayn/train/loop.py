@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -48,7 +49,14 @@ from ..config import (
 from ..data.prepare import load_manifest
 from ..data.vocab import load_vocab, same_vocabulary, target_size
 from ..model import build_model, count_parameters
-from .checkpoint import checkpoint_name, latest_checkpoint, restore_checkpoint, run_checkpoints, save_model_dir
+from .checkpoint import (
+    CheckpointError,
+    checkpoint_name,
+    latest_checkpoint,
+    restore_checkpoint,
+    run_checkpoints,
+    save_model_dir,
+)
 from .feed import Feed
 from .optim import cosine_decay, cosine_lr, inverse_sqrt_lr, label_smoothed_loss, make_optimizer
 from .process import Processes, StopSignals, autocast_context, pick_device
@@ -104,7 +112,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.model = build_model(m).to(self.device)
-        if cfg.accelerate and self.device.type == "cpu":
+        # FSDP (train.parallel: fsdp) shards the model over the processes; with one process there is nothing to shard.
+        self.fsdp = cfg.parallel == "fsdp" and self.distributed
+        if cfg.parallel == "fsdp" and not self.distributed:
+            log.info("train.parallel: fsdp with one process: nothing to shard, training the whole model here")
+        if cfg.accelerate and self.device.type == "cpu" and not self.fsdp:  # the fast paths swap modules FSDP shards
             for line in accelerate(self.model, training=True):
                 log.info("accelerate: %s", line)
         self.optimizer = make_optimizer(self.model, self._lr(1), cfg.adam_betas, cfg.adam_eps, cfg.weight_decay, cfg.optimizer)
@@ -117,19 +129,37 @@ class Trainer:
         resuming = resume and latest_checkpoint(self.out) is not None
         if cfg.init_from and not resuming:  # a resumed fine-tuning run continues from its own checkpoint
             self._init_from(cfg.init_from)
-        if resume:
-            self._maybe_resume()
+        sharded_optimizer = self._maybe_resume() if resume else None
         if cfg.activation_checkpointing:
             from .memory import checkpoint_activations
 
             log.info("activation checkpointing: %d layers recomputed in the backward pass", checkpoint_activations(self.model))
+        if self.fsdp:
+            self._shard(carry_optimizer=resuming and sharded_optimizer is None)
+        if sharded_optimizer is not None:  # written under FSDP: each process reads its part (any parallelism now)
+            from .sharding import load_optimizer
+
+            load_optimizer(self.model, self.optimizer, sharded_optimizer)
         self.train_model: nn.Module = self.model
         if cfg.compile:
             self.train_model = torch.compile(self.model)
-        if self.distributed:
+        if self.distributed and not self.fsdp:
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+
+    def _shard(self, carry_optimizer: bool) -> None:
+        """FSDP: shard the (initialised or resumed) model over the processes and give it a new optimizer over
+        the shards; ``carry_optimizer``: the optimizer was resumed whole (a DDP checkpoint) and is carried over."""
+        from .sharding import shard, shard_optimizer_state, whole_optimizer_state
+
+        whole = whole_optimizer_state(self.model, self.optimizer) if carry_optimizer else None
+        units = shard(self.model, self.cfg.dtype)
+        log.info("fsdp: the model is sharded over %d processes in %d units", self.world, units)
+        c = self.cfg
+        self.optimizer = make_optimizer(self.model, self._lr(1), c.adam_betas, c.adam_eps, c.weight_decay, c.optimizer)
+        if whole is not None:
+            shard_optimizer_state(self.model, self.optimizer, whole)
 
     @property
     def epoch(self) -> int:
@@ -200,12 +230,15 @@ class Trainer:
         tokens = 0
         for i, batch in enumerate(micro):
             sync = nullcontext()
-            if self.distributed and i < len(micro) - 1:
+            last = i == len(micro) - 1
+            if self.fsdp:  # gradients of the update's earlier batches accumulate unsharded, reduced once at the end
+                self.model.set_requires_gradient_sync(last)  # type: ignore[operator]
+            elif self.distributed and not last:
                 sync = self.train_model.no_sync()  # type: ignore[operator]
             with sync:
                 loss, nll, n = self._loss(batch)
-                # Gradient of (sum of token losses of the update) / (its tokens). DDP averages over
-                # processes, hence × world.
+                # Gradient of (sum of token losses of the update) / (its tokens). DDP and FSDP average
+                # over processes, hence × world.
                 self.scaler.scale(loss * self.world / total_tokens).backward()
             loss_sum += loss.item()
             nll_sum += nll.item()
@@ -230,26 +263,28 @@ class Trainer:
 
     # --- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        self.model.eval()
+    def evaluate(self, model: nn.Module | None = None) -> dict[str, float]:
+        """The dev metrics of ``model`` (the whole model, :meth:`whole_model`; default: the model trained)."""
+        model = self.model if model is None else model
+        model.eval()
         if self.kind == "lm":
             from ..evaluate import lm_validation
 
-            return lm_validation(self.model, self.feed.valid_tokens, self.feed.block, self.cfg.eval_lm_tokens, self.device)
+            return lm_validation(model, self.feed.valid_tokens, self.feed.block, self.cfg.eval_lm_tokens, self.device)
         if self.feed.dev_data is None:
             return {}
         if self.kind == "classify":
             from ..evaluate import classification_validation
 
-            return classification_validation(self.model, self.feed.dev_data, self.cfg.max_tokens, self.device)
+            return classification_validation(model, self.feed.dev_data, self.cfg.max_tokens, self.device)
         from ..evaluate import corpus_loss, greedy_bleu
 
         out: dict[str, float] = {}
         for name, data in [("", self.feed.dev_data), *self.feed.more_dev.items()]:  # the main dev set, then the others
             at, split = (f"@{name}", f"dev.{name}") if name else ("", "dev")
-            out.update({k + at: v for k, v in corpus_loss(self.model, data, self.cfg.max_tokens, self.device).items()})
+            out.update({k + at: v for k, v in corpus_loss(model, data, self.cfg.max_tokens, self.device).items()})
             if self.cfg.eval_bleu_sentences > 0:
-                out["val_bleu" + at] = greedy_bleu(self.model, self.vocab, Path(self.cfg.data) / f"{split}.txt.jsonl",
+                out["val_bleu" + at] = greedy_bleu(model, self.vocab, Path(self.cfg.data) / f"{split}.txt.jsonl",
                                                    self.cfg.eval_bleu_sentences, self.device, self.cfg.eval_beam)
         return out
 
@@ -271,23 +306,51 @@ class Trainer:
 
     def _trainer_state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
         """What resuming needs besides the weights; ``rng``: every process's random state (its rank's)."""
-        state = {"optimizer": self.optimizer.state_dict(), "step": self.step, "elapsed": self.elapsed,
-                 "best_loss": self.best_loss, "evals_since_best": self.evals_since_best, "rank_rng": rng,
-                 **self.feed.state_dict()}
+        state = {"step": self.step, "elapsed": self.elapsed, "best_loss": self.best_loss,
+                 "evals_since_best": self.evals_since_best, "rank_rng": rng, **self.feed.state_dict()}
+        if not self.fsdp:  # under FSDP each process writes its part of the optimizer (sharding.save_optimizer)
+            state["optimizer"] = self.optimizer.state_dict()
         if self.scaler.is_enabled():
             state["grad_scaler"] = self.scaler.state_dict()
         return state
+
+    def whole_model(self) -> nn.Module | None:
+        """The model with all its weights, on rank 0 (None elsewhere): under FSDP the shards gathered into a
+        plain copy (every process must call this), otherwise the model itself."""
+        if not self.fsdp:
+            return self.model
+        if getattr(self, "_whole", (None, -1))[1] == self.step:
+            return self._whole[0]
+        from .sharding import full_weights
+
+        weights = full_weights(self.model)
+        whole = None
+        if self.rank == 0:
+            with torch.random.fork_rng(devices=[]):  # building initialises weights: keep the training's random state
+                whole = build_model(self.run.model)
+            whole.load_state_dict(weights)
+            whole.to(self.device)
+        self._whole = (whole, self.step)
+        return whole
 
     def save(self, metrics: dict[str, float] | None = None) -> Path | None:
         """Write checkpoints/step_N (every process takes part; rank 0 writes), point latest.json at it,
         then remove the checkpoints beyond ``keep_last`` (only ``step_N`` directories aiayn wrote)."""
         rng = self._gather_rng()
+        path = self.out / "checkpoints" / checkpoint_name(self.step)
+        model, extra = self.whole_model(), {}
+        if self.fsdp:  # every process writes its part of the optimizer, beside where rank 0 assembles the checkpoint
+            from .sharding import OPTIMIZER_DIR, agree_on_path, save_optimizer
+
+            staging = agree_on_path(path.parent / f".{path.name}.tmp-{os.getpid()}-{OPTIMIZER_DIR}")
+            save_optimizer(self.model, self.optimizer, staging)
+            extra[OPTIMIZER_DIR] = staging
         if self.rank != 0:
             return None
         meta = {"step": self.step, "epoch": self.epoch, "elapsed_seconds": round(self.elapsed, 1), "metrics": metrics or {},
                 "train": self.run.to_dict()["train"], **self.model_meta}
-        path = self.out / "checkpoints" / checkpoint_name(self.step)
-        save_model_dir(path, self.model, self.run.model, self.vocab, meta, trainer_state=self._trainer_state(rng), overwrite=True)
+        save_model_dir(path, model, self.run.model, self.vocab, meta, trainer_state=self._trainer_state(rng), overwrite=True,
+                       move_in=extra)
         write_json_atomic(self.out / "checkpoints" / "latest.json", {"step": self.step, "path": path.name})
         old = run_checkpoints(self.out)
         for p in old[: max(0, len(old) - self.cfg.keep_last)]:
@@ -295,12 +358,22 @@ class Trainer:
                 shutil.rmtree(p)
         return path
 
-    def _maybe_resume(self) -> None:
+    def _maybe_resume(self) -> Path | None:
+        """Resume from the run's latest checkpoint, if any (before sharding: the weights are read whole). Returns
+        the directory of a sharded optimizer state (a checkpoint written under FSDP), read after sharding."""
         path = latest_checkpoint(self.out)
         if path is None:
-            return
+            return None
         st = restore_checkpoint(path, self.model)
-        self.optimizer.load_state_dict(st["optimizer"])
+        sharded = None
+        if "optimizer" in st:
+            self.optimizer.load_state_dict(st["optimizer"])
+        else:
+            from .sharding import OPTIMIZER_DIR
+
+            sharded = path / OPTIMIZER_DIR
+            if not sharded.is_dir():
+                raise CheckpointError(f"{path}: no optimizer state (neither in trainer_state.pt nor in {OPTIMIZER_DIR}/)")
         if self.scaler.is_enabled() and "grad_scaler" in st:
             self.scaler.load_state_dict(st["grad_scaler"])
         self.feed.load_state_dict(st)
@@ -317,6 +390,7 @@ class Trainer:
         if self.device.type == "cuda" and "cuda_rng" in mine:
             torch.cuda.set_rng_state(mine["cuda_rng"], self.device)
         log.info("resumed from %s (step %d, epoch %d)", path, self.step, self.epoch)
+        return sharded
 
     # --- the loop ---------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
@@ -386,9 +460,10 @@ class Trainer:
                 **({"stopped_by": self.stopped_by} if self.stopped_by else {})}
 
     def _eval_and_log(self) -> dict[str, float]:
-        if self.rank != 0:
+        model = self.whole_model()  # every process: under FSDP the shards are gathered here
+        if self.rank != 0 or model is None:
             return {}
-        metrics = self.evaluate()
+        metrics = self.evaluate(model)
         if metrics:
             self._log({"kind": "eval", "step": self.step, "time": round(self.elapsed, 2), **metrics})
             log.info("step %d: %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
@@ -397,7 +472,7 @@ class Trainer:
                 value = -metrics[key] if key in HIGHER_IS_BETTER else metrics[key]  # lower is better
                 if value < self.best_loss:
                     self.best_loss, self.evals_since_best = value, 0
-                    save_model_dir(self.out / "best", self.model, self.run.model, self.vocab,
+                    save_model_dir(self.out / "best", model, self.run.model, self.vocab,
                                    {"step": self.step, "metrics": metrics, "best_by": key, **self.model_meta}, overwrite=True)
                 else:
                     self.evals_since_best += 1
