@@ -177,6 +177,58 @@ def test_prepare_memory_does_not_grow_with_the_corpus(tmp_path):
     assert after - before < corpus_kb, (before, after, corpus_kb)  # KiB: under 1× the text's size
 
 
+@pytest.mark.parametrize("vocab", ["char", "bpe"])
+def test_lm_prepare_streams_with_the_same_result(tmp_path, monkeypatch, vocab):
+    """A language model's text is encoded a chunk at a time: the token streams are those of encoding the
+    whole text (cut at the character where the validation fraction begins, mid-line), whatever the chunk."""
+    import numpy as np
+
+    from aiayn.data import prepare as prep
+    from aiayn.data.corpus import read_text
+    from aiayn.data.vocab import load_vocab
+
+    lines = [f"line {i}: the {'quick' if i % 3 else 'slow'} brown fox\x0bjumps" if i % 11 else "" for i in range(400)]
+    (tmp_path / "text.txt").write_text("\r\n".join(lines) + "\n", encoding="utf-8")
+    cfg = dict(train=str(tmp_path / "text.txt"), kind="lm", vocab=vocab, vocab_size=60, valid_fraction=0.37)
+    prep.prepare(prep.PrepareConfig(out=str(tmp_path / "big"), **cfg))
+    monkeypatch.setattr(prep, "LM_CHUNK_CHARS", 5)
+    prep.prepare(prep.PrepareConfig(out=str(tmp_path / "small"), **cfg))
+    text = read_text(tmp_path / "text.txt")
+    cut = int(len(text) * 0.63)
+    whole = load_vocab(tmp_path / "small")
+    for split, part in (("train", text[:cut]), ("valid", text[cut:])):
+        expected = prep.encode_lm_text(whole, part)
+        for d in ("big", "small"):
+            assert np.load(tmp_path / d / f"{split}.tokens.npy").tolist() == expected, (d, split)
+
+
+def test_lm_prepare_memory_does_not_grow_with_the_text(tmp_path):
+    """A language model's text is never held whole: preparing ≈30 MB of text raises the peak memory by
+    less than the text's size (held whole, as str and ids, it took several times that)."""
+    import random
+    import subprocess
+    import sys
+
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(3000)]
+    with open(tmp_path / "big.txt", "w") as f:
+        for _ in range(400_000):
+            f.write(" ".join(rng.choice(words) for _ in range(rng.randint(3, 20))) + "\n")
+    code = ("import re; from aiayn.data.prepare import prepare, PrepareConfig\n"
+            "def status(key): return int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+            "open('/proc/self/clear_refs', 'w').write('5')\n"
+            "before = status('VmRSS')\n"
+            f"prepare(PrepareConfig(train={str(tmp_path / 'big.txt')!r}, out={str(tmp_path / 'out')!r}, kind='lm',"
+            " vocab='char'))\n"
+            "print(before, status('VmHWM'))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if r.returncode != 0 and "clear_refs" in r.stderr:
+        pytest.skip("needs Linux's /proc/self/clear_refs to measure the peak")
+    before, after = map(int, r.stdout.split())
+    text_kb = (tmp_path / "big.txt").stat().st_size // 1024
+    assert after - before < text_kb, (before, after, text_kb)  # KiB: under 1× the text's size
+
+
 def test_a_sentencepiece_model_with_other_special_ids_is_mapped_not_refused(tmp_path):
     """SentencePiece's default numbering (unk 0, bos 1, eos 2, no pad): prepared through --spm-model with
     the pieces renumbered into aiayn's order; the text splits exactly as the model splits it."""

@@ -31,7 +31,7 @@ class Pair:
     where: str  # "file:line", for reports
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
     """Yield (line number, text without the newline); invalid UTF-8 is an error naming the line."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
@@ -58,7 +58,7 @@ def input_lines(f: BinaryIO) -> Iterator[str | CorpusError]:
 
 def read_tsv(path: Path) -> Iterator[Pair]:
     columns = None
-    for n, line in _lines(path):
+    for n, line in numbered_lines(path):
         if not line.strip():
             yield Pair("", "", f"{path}:{n}")  # an empty line: an empty pair, dropped and counted
             continue
@@ -74,7 +74,7 @@ def read_tsv(path: Path) -> Iterator[Pair]:
 
 
 def read_jsonl(path: Path) -> Iterator[Pair]:
-    for n, line in _lines(path):
+    for n, line in numbered_lines(path):
         if not line.strip():
             continue
         try:
@@ -87,7 +87,7 @@ def read_jsonl(path: Path) -> Iterator[Pair]:
 
 
 def read_two_files(src_path: Path, tgt_path: Path) -> Iterator[Pair]:
-    src_iter, tgt_iter = _lines(src_path), _lines(tgt_path)
+    src_iter, tgt_iter = numbered_lines(src_path), numbered_lines(tgt_path)
     while True:
         s, t = next(src_iter, None), next(tgt_iter, None)
         if s is None and t is None:
@@ -138,4 +138,4 @@ def read_text(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"{path}: no such file")
-    return "\n".join(line for _, line in _lines(path)) + "\n"
+    return "\n".join(line for _, line in numbered_lines(path)) + "\n"

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..atomic import atomic_directory
 from ..config import EOS_ID, PrepareConfig
-from .corpus import CorpusError, read_labelled, read_parallel, read_text
+from .corpus import CorpusError, numbered_lines, read_labelled, read_parallel
 from .vocab import (
     CharVocab,
     SentencePieceVocab,
@@ -156,30 +156,37 @@ class _TokenWriter:
     file, then the .npy header (whose shape is known only at the end) is written and the data copied
     behind it in blocks. Offsets (one int64 per sentence) are kept in memory."""
 
-    def __init__(self, directory: Path, name: str, dtype: np.dtype) -> None:
-        self.directory, self.name, self.dtype = directory, name, dtype
+    def __init__(self, directory: Path, name: str, dtype: np.dtype, offsets: bool = True) -> None:
+        self.directory, self.name, self.dtype, self.offsets = directory, name, dtype, offsets
         self.raw_path = directory / f".{name}.tokens.raw"
         self.raw = open(self.raw_path, "wb")
         self.lengths: list[np.ndarray] = []
+        self.n_tokens = 0
 
     def add(self, seqs: list[list[int]]) -> None:
         if seqs:
-            self.raw.write(np.fromiter((t for s in seqs for t in s), dtype=self.dtype).tobytes())
-            self.lengths.append(np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs)))
+            ids = np.fromiter((t for s in seqs for t in s), dtype=self.dtype)
+            self.raw.write(ids.tobytes())
+            self.n_tokens += ids.size
+            if self.offsets:
+                self.lengths.append(np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs)))
 
     def close(self) -> tuple[int, int]:
+        """Write the token file (and, unless ``offsets`` is off, the sentences' offsets); returns
+        (sentences, tokens)."""
         self.raw.close()
         lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.int64)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        n_tokens = int(offsets[-1])
+        n_tokens = self.n_tokens
         with open(self.directory / f"{self.name}.tokens.npy", "wb") as out, open(self.raw_path, "rb") as raw:
             np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(self.dtype),
                                                        "fortran_order": False, "shape": (n_tokens,)})
             while block := raw.read(1 << 20):
                 out.write(block)
         self.raw_path.unlink()
-        np.save(self.directory / f"{self.name}.offsets.npy", offsets)
+        if self.offsets:
+            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            np.save(self.directory / f"{self.name}.offsets.npy", offsets)
         return len(lengths), n_tokens
 
 
@@ -283,28 +290,70 @@ def _prepare_classify(cfg: PrepareConfig, tmp: Path) -> dict:
     return info
 
 
+def _text_pieces(path: str, start: int = 0, stop: int | None = None) -> Iterator[str]:
+    """The characters ``start:stop`` of a text file as :func:`~aiayn.data.corpus.read_text` gives it (every line
+    ending in a line break), a line (or the part of one inside the range) at a time: never the whole text."""
+    pos = 0
+    for _, line in numbered_lines(Path(path)):
+        line += "\n"
+        end = pos + len(line)
+        if end > start and (stop is None or pos < stop):
+            yield line[max(0, start - pos) : None if stop is None else stop - pos]
+        pos = end
+        if stop is not None and pos >= stop:
+            return
+
+
+LM_CHUNK_CHARS = 1 << 20  # characters encoded at a time
+
+
+def _joined(pieces: Iterable[str], size: int) -> Iterator[str]:
+    """Consecutive pieces joined into strings of about ``size`` characters (whole pieces: whole lines)."""
+    chunk: list[str] = []
+    n = 0
+    for piece in pieces:
+        chunk.append(piece)
+        n += len(piece)
+        if n >= size:
+            yield "".join(chunk)
+            chunk, n = [], 0
+    if chunk:
+        yield "".join(chunk)
+
+
 def _prepare_lm(cfg: PrepareConfig, tmp: Path) -> dict:
     """Monolingual text → one token stream per split (documents separated by </s> when a corpus
-    is given as JSONL/TSV lines; a plain text file is one document, as nanoGPT treats tiny Shakespeare)."""
-    text = read_text(cfg.train)
-    if cfg.dev:
-        train_text, valid_text = text, read_text(cfg.dev)
-    else:
-        cut = int(len(text) * (1 - cfg.valid_fraction))
-        train_text, valid_text = text[:cut], text[cut:]
-    if not train_text.strip():
+    is given as JSONL/TSV lines; a plain text file is one document, as nanoGPT treats tiny Shakespeare).
+
+    Streamed: a first read checks every line and counts the characters (without --dev the last
+    ``valid_fraction`` of them is validation, cut where the count falls, as nanoGPT cuts), a second
+    builds the vocabulary (SentencePiece samples at most 2M lines), then each split is encoded
+    ``LM_CHUNK_CHARS`` at a time into its token file. Memory does not grow with the text."""
+    if not Path(cfg.train).is_file():
+        raise CorpusError(f"{cfg.train}: no such file")
+    total = sum(len(piece) for piece in _text_pieces(cfg.train))
+    cut = total if cfg.dev else int(total * (1 - cfg.valid_fraction))
+    splits = {"train": (cfg.train, 0, cut), "valid": (cfg.dev, 0, None) if cfg.dev else (cfg.train, cut, None)}
+    if cfg.dev and not Path(cfg.dev).is_file():
+        raise CorpusError(f"{cfg.dev}: no such file")
+    if not any(p.strip() for p in _text_pieces(*splits["train"])):
         raise CorpusError(f"{cfg.train}: no text to train on (the file is empty or blank)")
-    if not valid_text.strip():
+    if not any(p.strip() for p in _text_pieces(*splits["valid"])):
         raise CorpusError(f"{cfg.dev or cfg.train}: no validation text (give --dev, or a larger --valid-fraction)")
     # Characters are counted over the whole text (line breaks are characters); SentencePiece learns from lines.
-    vocab = _vocabulary(cfg, lambda: [train_text], lines=lambda: train_text.splitlines())
+    vocab = _vocabulary(cfg, lambda: _text_pieces(*splits["train"]),
+                        lines=lambda: (line for p in _text_pieces(*splits["train"]) for line in p.splitlines()))
     vocab.save(tmp)
     dtype = _token_dtype(len(vocab))
     info: dict = {"kind": "lm", "vocab": vocab_manifest(vocab), "splits": {}}
-    for split, t in (("train", train_text), ("valid", valid_text)):
-        arr = np.asarray(encode_lm_text(vocab, t), dtype=dtype)
-        np.save(tmp / f"{split}.tokens.npy", arr)
-        info["splits"][split] = {"tokens": int(arr.size), "chars": len(t)}
+    for split, (path, start, stop) in splits.items():
+        writer, chars = _TokenWriter(tmp, split, dtype, offsets=False), 0
+        pieces = _text_pieces(path, start, stop)
+        for chunk in _joined(pieces, LM_CHUNK_CHARS):
+            writer.add([encode_lm_text(vocab, chunk)])
+            chars += len(chunk)
+        _, tokens = writer.close()
+        info["splits"][split] = {"tokens": tokens, "chars": chars}
     return info
 
 
