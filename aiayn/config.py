@@ -417,6 +417,8 @@ class PrepareConfig:
     separate_vocab: bool = option(False, "one vocabulary per language instead of a shared one (then model.tie: two_way or none)")
     tgt_vocab_size: int = option(0, "with --separate-vocab: the target vocabulary's entries (0 = --vocab-size)")
     max_len: int = option(256, "drop pairs with more tokens on a side (counted)")
+    shard_size: int = option(1_000_000, "training pairs per shard: a larger corpus is written as several token files, "
+                                        "and training builds its batches one shard at a time")
     valid_fraction: float = option(0.1, "--lm without --dev: the last fraction of the text is validation (nanoGPT)")
     seed: int = 1234
     overwrite: bool = option(False, "replace OUT if it is a data directory aiayn wrote (never anything else)")
@@ -440,6 +442,8 @@ class PrepareConfig:
             raise ConfigError(f"--vocab-size {self.vocab_size}: a vocabulary needs the 4 special tokens and more (at least 8)")
         if self.max_len < 1:
             raise ConfigError(f"--max-len {self.max_len}: must be at least 1")
+        if self.shard_size < 1:
+            raise ConfigError(f"--shard-size {self.shard_size}: must be at least 1")
         if not 0.0 < self.valid_fraction < 1.0:
             raise ConfigError(f"--valid-fraction {self.valid_fraction}: must be between 0 and 1 (exclusive)")
 

@@ -258,3 +258,90 @@ def test_a_sentencepiece_model_with_other_special_ids_is_mapped_not_refused(tmp_
     corpus.write_text("".join(f"{s}\t{s.upper()}\n" for s in lines))
     prepare(PrepareConfig(train=str(corpus), out=str(tmp_path / "data"), spm_model=str(tmp_path / "theirs.model")))
     assert load_vocab(tmp_path / "data").pieces(range(len(vocab))) == vocab.pieces(range(len(vocab)))
+
+
+@pytest.fixture(scope="module")
+def sharded(toy_corpus, tmp_path_factory):
+    """The toy corpus prepared whole and in shards of 130 pairs (600 pairs, a few dropped: 5 shards)."""
+    from aiayn.data.prepare import PrepareConfig, prepare
+
+    d = tmp_path_factory.mktemp("shards")
+    cfg = dict(train=str(toy_corpus["train"]), dev=str(toy_corpus["dev"]), vocab_size=120, max_len=12)
+    whole = prepare(PrepareConfig(out=str(d / "whole"), **cfg))
+    parts = prepare(PrepareConfig(out=str(d / "parts"), shard_size=130, **cfg))
+    return d / "whole", d / "parts", whole, parts
+
+
+def test_prepare_writes_shards_that_together_are_the_corpus(sharded):
+    import numpy as np
+
+    from aiayn.data.batching import ParallelData, shard_names
+
+    whole_dir, parts_dir, whole, parts = sharded
+    sizes = parts["splits"]["train"]["shards"]
+    assert sizes[:-1] == [130] * (len(sizes) - 1) and 0 < sizes[-1] <= 130 and sum(sizes) == whole["splits"]["train"]["pairs"]
+    assert "shards" not in parts["splits"]["dev"] and (parts_dir / "dev.src.tokens.npy").is_file()  # only training
+    assert {k: v for k, v in parts["splits"]["train"].items() if k != "shards"} == whole["splits"]["train"]
+    names = shard_names(parts["splits"], "train")
+    assert names[0] == "train@00000" and len(names) == len(sizes)
+    one = ParallelData(whole_dir, "train")
+    pieces = [ParallelData(parts_dir, name) for name in names]
+    i = 0
+    for piece in pieces:
+        for j in range(len(piece)):
+            assert np.array_equal(piece.src(j), one.src(i)) and np.array_equal(piece.tgt(j), one.tgt(i))
+            i += 1
+    assert i == len(one)
+    with pytest.raises(FileNotFoundError, match="in shards"):
+        ParallelData(parts_dir, "train")
+    assert shard_names(whole["splits"], "train") == ["train"]  # a corpus within one shard keeps its plain names
+
+
+def test_sharded_batches_stay_in_a_shard_cover_it_and_split_over_processes_like_accumulation(sharded):
+    """Training reads one shard at a time, in an order drawn per epoch: every update's batches come from one
+    shard; an epoch takes every batch of every shard but a remainder of less than one update; two processes
+    take the batches of one process with update_freq 2; a position saved mid-shard continues the same."""
+    from collections import Counter
+
+    from aiayn.config import EOS_ID, load_run_config
+    from aiayn.data.batching import ParallelData, token_batches
+    from aiayn.train.feed import Feed
+
+    _, parts_dir, _, parts = sharded
+
+    def feed(update_freq: int) -> Feed:
+        run = load_run_config(None, {"model": {"preset": "tiny"},
+                                     "train": {"data": str(parts_dir), "max_tokens": 60, "update_freq": update_freq}})
+        return Feed(run, "parallel", parts["splits"])
+
+    def sentences(batch) -> list[tuple[int, ...]]:
+        return [tuple(row[: row.tolist().index(EOS_ID)].tolist()) for row in batch[0]]  # sources without </s>, padding
+
+    one, rank0, rank1 = feed(2), feed(1), feed(1)
+    shards = {name: Counter(tuple(d.src(i).tolist()) for i in range(len(d)))
+              for name in one.shards for d in [ParallelData(parts_dir, name)]}
+    seen: dict[str, Counter] = {name: Counter() for name in one.shards}
+    resumed, checked = None, False
+    while True:
+        micro, total = one.next_update(0, 1)
+        if one.epoch > 0:
+            break
+        if resumed is not None:  # the position saved one update ago continues as the run did
+            assert [sentences(x) for x in resumed.next_update(0, 1)[0]] == [sentences(x) for x in micro]
+            resumed, checked = None, True
+        name = one.train_data.name
+        for batch in micro:
+            seen[name].update(sentences(batch))
+        assert not seen[name] - shards[name]  # from this shard, none twice
+        (a,), total_a = rank0.next_update(0, 2)
+        (b,), total_b = rank1.next_update(1, 2)
+        assert sentences(a) == sentences(micro[0]) and sentences(b) == sentences(micro[1]) and total_a == total_b == total
+        if not checked and one.shard_pos == 1 and one.batch_in_epoch > 2:  # in the middle of the second shard
+            resumed = feed(2)
+            resumed.load_state_dict(one.state_dict())
+    assert checked and one.epoch == 1 and one.shard_pos == 0
+    for k, name in enumerate(one.shards):  # every batch of each shard, but fewer than update_freq left over
+        d = ParallelData(parts_dir, name)
+        batches = token_batches(d.src_lens, d.tgt_lens, 60, one.cfg.seed, 0, shard=k)
+        used = batches[: len(batches) - len(batches) % 2]
+        assert sum(seen[name].values()) == sum(map(len, used)) > 0

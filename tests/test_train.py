@@ -115,6 +115,24 @@ def test_resume_continues_exactly(toy_data, tmp_path, optimizer):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_training_on_shards_resumes_exactly(toy_corpus, tmp_path):
+    """A corpus prepared in shards (prepare --shard-size): forty updates cross shards and an epoch, and a run
+    stopped inside a shard resumes to the same losses and weights."""
+    from aiayn.data.prepare import PrepareConfig, prepare
+
+    data = tmp_path / "data"
+    prepare(PrepareConfig(train=str(toy_corpus["train"]), dev=str(toy_corpus["dev"]), out=str(data), vocab_size=120,
+                          shard_size=130))
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    result = train(run_cfg(data, straight, max_steps=40, max_tokens=150))
+    assert result["epoch"] >= 1
+    train(run_cfg(data, resumed, max_steps=7, save_every=7, max_tokens=150))
+    train(run_cfg(data, resumed, max_steps=40, max_tokens=150))
+    assert losses(resumed) == losses(straight)
+    a, b = (load_file(str(r / "checkpoints" / "step_0000040" / "model.safetensors")) for r in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_muon_takes_the_layers_matrices_and_adamw_the_rest():
     """optimizer: muon — Muon for attention / FFN matrices; embeddings, positions, norms, biases and the
     output layer with AdamW; the schedule's learning rate reaches both; each orthogonalised update has

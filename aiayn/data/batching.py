@@ -15,12 +15,27 @@ from torch import Tensor
 from ..config import BOS_ID, EOS_ID, PAD_ID
 
 
+def shard_name(split: str, k: int) -> str:
+    """The name of shard ``k`` of a split prepared in several (``train@00003``: its files ``train@00003.src.tokens.npy`` …)."""
+    return f"{split}@{k:05d}"
+
+
+def shard_names(splits: dict, split: str) -> list[str]:
+    """The parts of ``split`` as a manifest's ``splits`` describes it: the split itself, or its shards in order."""
+    sizes = splits.get(split, {}).get("shards")
+    return [shard_name(split, k) for k in range(len(sizes))] if sizes else [split]
+
+
 class ParallelData:
-    """One split of a prepared parallel corpus, memory-mapped."""
+    """One split (or one shard of a split, :func:`shard_name`) of a prepared parallel corpus, memory-mapped."""
 
     def __init__(self, directory: str | Path, split: str) -> None:
         d = Path(directory)
+        self.name = split
         if not (d / f"{split}.src.tokens.npy").is_file():
+            if (d / f"{shard_name(split, 0)}.src.tokens.npy").is_file():
+                raise FileNotFoundError(f"{d}: the '{split}' split is in shards ({shard_name(split, 0)}, …): read one "
+                                        "shard at a time (aiayn.data.batching.shard_names)")
             raise FileNotFoundError(f"{d}: no '{split}' split (prepare it with --{split})")
         self.src_tokens = np.load(d / f"{split}.src.tokens.npy", mmap_mode="r")
         self.tgt_tokens = np.load(d / f"{split}.tgt.tokens.npy", mmap_mode="r")
@@ -68,7 +83,8 @@ class LabelledData:
 
 
 def token_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, max_tokens: int, seed: int = 0,
-                  epoch: int = 0, shuffle: bool = True, oversize_alone: bool = False) -> list[np.ndarray]:
+                  epoch: int = 0, shuffle: bool = True, oversize_alone: bool = False,
+                  shard: int | None = None) -> list[np.ndarray]:
     """Group sentence indices into batches of similar length whose padded size stays within
     ``max_tokens`` on each side (batch size × longest sentence, padding included, as fairseq counts).
 
@@ -76,9 +92,10 @@ def token_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, max_tokens: int, s
     batches shuffled: nearly padding-free, and a different order every epoch. Without ``shuffle``:
     the batches in order of length, the sentences in input order among equals (for decoding). A
     sentence longer than ``max_tokens`` is an error, or with ``oversize_alone`` a batch of its own.
+    ``shard``: the shard of a split in several these sentences are (its own random stream).
     """
     n = len(src_lens)
-    rng = np.random.default_rng([seed, epoch])
+    rng = np.random.default_rng([seed, epoch] if shard is None else [seed, epoch, shard])
     order = rng.permutation(n) if shuffle else np.arange(n)
     order = order[np.lexsort((src_lens[order], tgt_lens[order]))]  # stable: last key is primary
     batches: list[np.ndarray] = []

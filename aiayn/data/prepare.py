@@ -25,6 +25,7 @@ import numpy as np
 
 from ..atomic import atomic_directory
 from ..config import EOS_ID, PrepareConfig
+from .batching import shard_name
 from .corpus import CorpusError, numbered_lines, read_labelled, read_parallel
 from .vocab import (
     CharVocab,
@@ -190,6 +191,48 @@ class _TokenWriter:
         return len(lengths), n_tokens
 
 
+class _ShardedPairs:
+    """Token files of a parallel split, in shards of at most ``shard_size`` pairs (0: one file). Shard k is
+    the split ``NAME@k`` (:func:`~aiayn.data.batching.shard_name`); a split that fits one shard keeps its
+    plain name, so smaller corpora are prepared exactly as before sharding existed."""
+
+    def __init__(self, directory: Path, split: str, dtype: np.dtype, shard_size: int) -> None:
+        self.directory, self.split, self.dtype, self.shard_size = directory, split, dtype, shard_size
+        self.done: list[tuple[int, int, int]] = []  # (pairs, source tokens, target tokens) of each closed shard
+        self._open()
+
+    def _open(self) -> None:
+        name = shard_name(self.split, len(self.done)) if self.shard_size else self.split
+        self.src, self.tgt = (_TokenWriter(self.directory, f"{name}.{side}", self.dtype) for side in ("src", "tgt"))
+        self.pairs = 0
+
+    def add(self, src: list[list[int]], tgt: list[list[int]]) -> None:
+        while src:
+            room = self.shard_size - self.pairs if self.shard_size else len(src)
+            if room == 0:
+                self._close_shard()
+                self._open()
+                continue
+            self.src.add(src[:room])
+            self.tgt.add(tgt[:room])
+            self.pairs += min(room, len(src))
+            src, tgt = src[room:], tgt[room:]
+
+    def _close_shard(self) -> None:
+        n, src_tokens = self.src.close()
+        _, tgt_tokens = self.tgt.close()
+        self.done.append((n, src_tokens, tgt_tokens))
+
+    def close(self) -> tuple[int, int, int, list[int]]:
+        """(pairs, source tokens, target tokens, pairs of each shard)."""
+        self._close_shard()
+        if len(self.done) == 1 and self.shard_size:  # one shard: the split's plain name
+            for path in self.directory.glob(f"{shard_name(self.split, 0)}.*"):
+                path.rename(self.directory / (self.split + path.name[len(shard_name(self.split, 0)):]))
+        return (sum(d[0] for d in self.done), sum(d[1] for d in self.done), sum(d[2] for d in self.done),
+                [d[0] for d in self.done])
+
+
 def _train_texts(spec: str) -> Iterator[str]:
     """Both sides of every usable training pair: one joint vocabulary (§5.1) for shared embeddings (§3.4)."""
     for src, tgt in _usable_pairs(spec, _new_report()):
@@ -217,7 +260,8 @@ def _prepare_parallel(cfg: PrepareConfig, tmp: Path) -> dict:
     info: dict = {"kind": "parallel", "vocab": vocab_manifest(vocab), "splits": {}}
     for split, spec in _splits(cfg):
         report = _new_report()
-        src_out, tgt_out = _TokenWriter(tmp, f"{split}.src", dtype), _TokenWriter(tmp, f"{split}.tgt", dtype)
+        # The training split is written in shards of shard_size pairs (one shard keeps the plain names).
+        shards = _ShardedPairs(tmp, split, dtype, cfg.shard_size if split == "train" else 0)
         # Keep the raw text of the evaluation splits: BLEU is computed against the untokenized reference.
         text = open(tmp / f"{split}.txt.jsonl", "w", encoding="utf-8") if split != "train" else None
         pairs = _usable_pairs(spec, report)
@@ -226,18 +270,18 @@ def _prepare_parallel(cfg: PrepareConfig, tmp: Path) -> dict:
             tgt_ids = vocab.encode_batch([t for _, t in chunk], side="target")
             keep = [i for i in range(len(chunk)) if len(src_ids[i]) <= cfg.max_len and len(tgt_ids[i]) <= cfg.max_len]
             report["dropped"]["too_long"] += len(chunk) - len(keep)
-            src_out.add([src_ids[i] for i in keep])
-            tgt_out.add([tgt_ids[i] for i in keep])
+            shards.add([src_ids[i] for i in keep], [tgt_ids[i] for i in keep])
             if text is not None:
                 for i in keep:
                     text.write(json.dumps({"src": chunk[i][0], "tgt": chunk[i][1]}, ensure_ascii=False) + "\n")
         if text is not None:
             text.close()
-        n, src_tok = src_out.close()
-        _, tgt_tok = tgt_out.close()
+        n, src_tok, tgt_tok, sizes = shards.close()
         if split == "train" and n == 0:  # there were usable pairs (checked above): all were too long
             raise CorpusError(f"{cfg.train}: every pair is longer than max_len={cfg.max_len} tokens")
         info["splits"][split] = {"pairs": n, "src_tokens": src_tok, "tgt_tokens": tgt_tok, **report}
+        if len(sizes) > 1:
+            info["splits"][split]["shards"] = sizes
         if sum(report["dropped"].values()):
             log.warning("%s: dropped %s", split, report["dropped"])
     return info

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..config import MASKED_LANGUAGE_MODELS, PAD_ID, ConfigError, RunConfig
-from ..data.batching import LabelledData, ParallelData, collate, lm_batch, token_batches
+from ..data.batching import LabelledData, ParallelData, collate, lm_batch, shard_names, token_batches
 
 
 class Feed:
@@ -22,17 +22,21 @@ class Feed:
     def __init__(self, run: RunConfig, kind: str, splits: dict[str, Any]) -> None:
         cfg, m = run.train, run.model
         self.cfg, self.kind = cfg, kind
-        self.epoch, self.batch_in_epoch = 0, 0
+        self.epoch, self.batch_in_epoch = 0, 0  # with shards: the batch in the current shard
         self.lm_rng = np.random.default_rng(cfg.seed)  # the same on every process
         # An encoder-only model learns by masked-token prediction (BERT): the corruption is drawn here, from
         # a generator every process seeds alike and checkpoints carry, so the update knows its target count.
         self.masked = m.arch in MASKED_LANGUAGE_MODELS
         self.vocab_size = m.vocab_size
         self.mask_rng = torch.Generator().manual_seed(cfg.seed)
+        # A training split prepared in shards (prepare --shard-size) is read one shard at a time, in an order
+        # drawn per epoch; batches are built within the shard, so memory is bounded by a shard, not the corpus.
+        self.shards = shard_names(splits, "train") if kind == "parallel" else ["train"]
+        self.shard_pos = 0  # position in this epoch's order of shards
         self._batches: list[np.ndarray] = []
-        self._batches_epoch: int | None = None
+        self._batches_at: tuple[int, int] | None = None  # (epoch, shard_pos) of self._batches
         if kind == "parallel":
-            self.train_data = ParallelData(cfg.data, "train")
+            self.train_data = ParallelData(cfg.data, self.shards[0])
             self.dev_data = ParallelData(cfg.data, "dev") if "dev" in splits else None
             # More dev sets (prepare --more-dev NAME=FILE): evaluated and logged apart, as NAME.
             self.more_dev = {s.split(".", 1)[1]: ParallelData(cfg.data, s) for s in splits if s.startswith("dev.")}
@@ -46,11 +50,28 @@ class Feed:
             if self.block > m.max_positions and m.positional == "learned":
                 raise ConfigError(f"block_size {self.block} exceeds the model's max_positions {m.max_positions}")
 
-    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
-        d = self.train_data
+    def _load_batches(self) -> None:
+        """The batches of the current shard (or of the whole split) in this epoch's order."""
+        if self._batches_at == (self.epoch, self.shard_pos):
+            return
         if self.kind == "classify":
-            return d.batches(self.cfg.max_tokens, self.cfg.seed, epoch)
-        return token_batches(d.src_lens, d.tgt_lens, self.cfg.max_tokens, self.cfg.seed, epoch)
+            self._batches = self.train_data.batches(self.cfg.max_tokens, self.cfg.seed, self.epoch)
+        elif len(self.shards) == 1:
+            d = self.train_data
+            self._batches = token_batches(d.src_lens, d.tgt_lens, self.cfg.max_tokens, self.cfg.seed, self.epoch)
+        else:
+            k = int(np.random.default_rng([self.cfg.seed, self.epoch]).permutation(len(self.shards))[self.shard_pos])
+            self.train_data = d = ParallelData(self.cfg.data, self.shards[k])
+            self._batches = token_batches(d.src_lens, d.tgt_lens, self.cfg.max_tokens, self.cfg.seed, self.epoch, shard=k)
+        self._batches_at = (self.epoch, self.shard_pos)
+
+    def _next_part(self) -> None:
+        """On to the next shard of the epoch, or the next epoch."""
+        self.shard_pos += 1
+        self.batch_in_epoch = 0
+        if self.shard_pos == len(self.shards):
+            self.epoch, self.shard_pos = self.epoch + 1, 0
+        self._load_batches()
 
     def next_update(self, rank: int, world: int) -> tuple[list[tuple[torch.Tensor, ...]], int]:
         """Process ``rank``'s micro-batches for one optimiser update, and the target tokens of the whole
@@ -70,12 +91,9 @@ class Feed:
                 group = [(inputs, targets.clamp_min(PAD_ID)) for inputs, targets in group]  # unchosen: PAD, ignored
                 return group[rank::world], max(1, sum(int((t != PAD_ID).sum()) for _, t in group))
             return group[rank::world], per_update * self.cfg.batch_size * self.block
-        if self._batches_epoch != self.epoch:
-            self._batches, self._batches_epoch = self._epoch_batches(self.epoch), self.epoch
-        if self.batch_in_epoch + per_update > len(self._batches):
-            self.epoch += 1
-            self.batch_in_epoch = 0
-            self._batches, self._batches_epoch = self._epoch_batches(self.epoch), self.epoch
+        self._load_batches()
+        if self.batch_in_epoch + per_update > len(self._batches):  # the rest (less than one update) is left out
+            self._next_part()
         group = self._batches[self.batch_in_epoch : self.batch_in_epoch + per_update]
         self.batch_in_epoch += per_update
         if self.kind == "classify":  # the loss is per sentence
@@ -84,11 +102,15 @@ class Feed:
         return [collate(self.train_data, idx) for idx in group[rank::world]], total
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "lm_rng": json.dumps(self.lm_rng.bit_generator.state),
-                "mask_rng": self.mask_rng.get_state()}
+        return {"epoch": self.epoch, "shard_pos": self.shard_pos, "batch_in_epoch": self.batch_in_epoch,
+                "lm_rng": json.dumps(self.lm_rng.bit_generator.state), "mask_rng": self.mask_rng.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+        self.shard_pos = state.get("shard_pos", 0)  # checkpoints from before shards: 0
+        if self.shard_pos >= len(self.shards):
+            raise ConfigError(f"the checkpoint was at shard {self.shard_pos + 1} of its epoch, but {self.cfg.data} has "
+                              f"{len(self.shards)}: resume with the data it was trained on")
         self.lm_rng.bit_generator.state = json.loads(state["lm_rng"])
         if "mask_rng" in state:
             self.mask_rng.set_state(state["mask_rng"])
