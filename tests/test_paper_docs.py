@@ -41,3 +41,18 @@ def test_every_command_parses(page):
     assert len(found) >= 6
     for line in found:
         build_parser().parse_args(shlex.split(line)[1:])
+
+
+def test_scale_page_quotes_the_memory_measurements_as_written():
+    """docs/scale.md's memory table is benchmarks/results/scale_memory.md, which is the JSON results drawn as a table."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("scale_memory", ROOT / "benchmarks" / "scale_memory.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = ROOT / "benchmarks" / "results" / "scale_memory"
+    table = results.with_suffix(".md").read_text(encoding="utf-8")
+    assert table == bench.table(json.loads(results.with_suffix(".json").read_text(encoding="utf-8")))
+    page = (ROOT / "docs" / "scale.md").read_text(encoding="utf-8")
+    assert re.search(r"<!-- scale_memory.md -->\n(.*?)<!-- /scale_memory.md -->", page, re.S).group(1) == table
