@@ -116,24 +116,26 @@ def classification_validation(model, data, max_tokens: int, device: torch.device
 
 
 @torch.no_grad()
-def classify_texts(model, vocab, labels: list[str], texts: list[str], max_tokens: int = 4096) -> list[tuple[str, float]]:
-    """Each text's most probable label and its probability, in input order (batches of similar length under
-    ``max_tokens``; a text's answer does not depend on its batch)."""
+def class_probabilities(model, ids: list[list[int]], max_tokens: int = 4096) -> torch.Tensor:
+    """(N, n_classes): each encoded text's probability of every class, in input order (batches of similar
+    length under ``max_tokens``; a text's answer does not depend on its batch)."""
     from .data.batching import source_tensor
 
-    if len(labels) != model.cfg.n_classes:
-        raise ValueError(f"the model has {model.cfg.n_classes} classes but {len(labels)} label names")
-    device = device_of(model)
-    ids = vocab.encode_batch([t.strip() for t in texts])
     lens = np.array([len(x) + 1 for x in ids], dtype=np.int64)
-    out: list[tuple[str, float]] = [("", 0.0)] * len(texts)
+    out = torch.zeros(len(ids), model.cfg.n_classes)
     model.eval()
     for idx in token_batches(lens, lens, max_tokens, shuffle=False, oversize_alone=True):
-        probs = model(source_tensor([ids[i] for i in idx]).to(device), classify=True).float().softmax(-1)
-        best = probs.max(-1)
-        for i, p, c in zip(idx.tolist(), best.values.tolist(), best.indices.tolist()):
-            out[i] = (labels[c], p)
+        logits = model(source_tensor([ids[i] for i in idx]).to(device_of(model)), classify=True)
+        out[torch.from_numpy(idx)] = logits.float().softmax(-1).cpu()
     return out
+
+
+def classify_texts(model, vocab, labels: list[str], texts: list[str], max_tokens: int = 4096) -> list[tuple[str, float]]:
+    """Each text's most probable label and its probability, in input order."""
+    if len(labels) != model.cfg.n_classes:
+        raise ValueError(f"the model has {model.cfg.n_classes} classes but {len(labels)} label names")
+    best = class_probabilities(model, vocab.encode_batch([t.strip() for t in texts]), max_tokens).max(-1)
+    return [(labels[c], p) for p, c in zip(best.values.tolist(), best.indices.tolist())]
 
 
 def evaluate_classifier(model, vocab, labels: list[str], test: str | Path, limit: int = 0) -> tuple[dict, list[str]]:

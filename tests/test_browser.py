@@ -72,3 +72,30 @@ def test_page_generates_with_a_language_model():
         page.wait_for_function("document.querySelector('#output').textContent.length > 20", timeout=60_000)
         assert page.inner_text("#output").startswith("JULIET:") and page.inner_text("#error") == ""
         browser.close()
+
+
+def test_page_classifies_with_a_classifier(tmp_path):
+    """With a classifier the page offers a text to label and shows every label's probability."""
+    import torch
+
+    from aiayn.config import preset
+    from aiayn.data.vocab import CharVocab
+    from aiayn.model import build_model
+    from aiayn.train.checkpoint import save_model_dir
+
+    vocab = CharVocab.train(["abcdefghijklmnopqrstuvwxyz "])
+    cfg = preset("encoder-small", vocab_size=len(vocab), n_classes=3, d_model=32, d_ff=64, n_encoder_layers=1)
+    torch.manual_seed(0)
+    save_model_dir(tmp_path / "clf", build_model(cfg), cfg, vocab, {"labels": ["ham", "spam", "eggs"]})
+    with ServerProcess(tmp_path / "clf") as s, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        page.goto(s.url)
+        page.wait_for_function("document.querySelector('#info').textContent.includes('classifier')", timeout=30_000)
+        assert page.is_hidden("#translate-controls") and page.is_visible("#classify-controls")
+        page.fill("#src", "a tin of spam")
+        page.click("#cls")
+        page.wait_for_function("!document.querySelector('#probabilities').hidden", timeout=60_000)
+        assert page.inner_text("#output") in ("ham", "spam", "eggs") and page.inner_text("#error") == ""
+        assert page.locator("#probabilities tr").count() == 3
+        browser.close()

@@ -135,3 +135,42 @@ def test_classification_data_needs_an_encoder_only_model(tmp_path):
     with pytest.raises(ValueError, match="classification data needs an encoder-only model"):
         aiayn.fit(model={"preset": "tiny"}, train={"data": str(tmp_path / "data"), "out": str(tmp_path / "run"),
                                                    "max_steps": 1, "threads": 1})
+
+
+def test_serve_classifies_and_keeps_a_bad_text_to_its_own_request(classifier):
+    """`aiayn serve` with a classifier: /classify answers labels with every label's probability (the same as
+    the library's), /info says it is a classifier, a bad text refuses only its request, and /translate and
+    /generate name the endpoint to use."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from aiayn.serve.app import Limits, create_app
+
+    d, _, _ = classifier
+    model = aiayn.load(d / "run" / "best", device="cpu")
+    texts = ["the day was bright and sunny", "it felt cold and grim", "a happy calm day"]
+    with TestClient(create_app(d / "run" / "best", Limits(max_texts=4, max_chars=100))) as client:
+        info = client.get("/info").json()
+        assert info["kind"] == "classifier" and info["labels"] == ["neg", "pos"]
+        r = client.post("/classify", json={"texts": texts})
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [x["label"] for x in results] == ["pos", "neg", "pos"]
+        expected = model.classify(texts, probability=True)
+        for x, (label, p) in zip(results, expected):
+            assert x["label"] == label and x["probability"] == pytest.approx(p, abs=1e-5)
+            assert sum(x["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+            assert x["probabilities"][label] == x["probability"] == max(x["probabilities"].values())
+        assert client.post("/classify", json={"text": "so very sad"}).json()["results"][0]["label"] == "neg"
+        bad = client.post("/classify", json={"texts": ["a calm day", "x" * 101]})
+        assert bad.status_code == 413 and "text 1 has 101 characters" in bad.json()["detail"]
+        surrogate = client.post("/classify", content=b'{"texts": ["a\\ud800"]}', headers={"content-type": "application/json"})
+        assert surrogate.status_code == 422 and "unpaired surrogate" in surrogate.json()["detail"]
+        assert client.post("/classify", json={"texts": []}).status_code == 422
+        assert client.post("/classify", json={"texts": texts[:1]}).json()["results"][0]["label"] == "pos"  # still serving
+        wrong = client.post("/translate", json={"text": "hola"})
+        assert wrong.status_code == 400 and wrong.json()["detail"] == "this model is a classifier (encoder-only): use /classify"
+        assert client.post("/generate", json={"prompt": "a"}).json()["detail"].endswith("use /classify")
+    with TestClient(create_app(ROOT / "models" / "shakespeare-char")) as client:
+        r = client.post("/classify", json={"text": "ROMEO"})
+        assert r.status_code == 400 and r.json()["detail"] == "this model is a language model (decoder-only): use /generate"

@@ -33,24 +33,35 @@ STATIC = Path(__file__).parent / "static"
 _DECODE = DecodeConfig()  # the library's defaults (the paper's search), the same as `aiayn translate`'s
 
 
-class TranslateRequest(BaseModel):
+class _Texts(BaseModel):
     text: str | None = Field(None, description="one text (or give `texts`)")
     texts: list[str] | None = Field(None, description="several texts")
+
+    @model_validator(mode="after")
+    def one_of(self) -> _Texts:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of `text` or `texts`")
+        return self
+
+    def items(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+class TranslateRequest(_Texts):
     beam_size: int = Field(_DECODE.beam, ge=1, le=64)
     nbest: int = Field(_DECODE.nbest, ge=1, le=64)
     alpha: float = Field(_DECODE.alpha, ge=0.0, le=5.0)
     return_attention: bool = False
 
     @model_validator(mode="after")
-    def one_of(self) -> TranslateRequest:
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of `text` or `texts`")
+    def nbest_within_beam(self) -> TranslateRequest:
         if self.nbest > self.beam_size:
             raise ValueError("nbest cannot exceed beam_size")
         return self
 
-    def items(self) -> list[str]:
-        return [self.text] if self.text is not None else list(self.texts or [])
+
+class ClassifyRequest(_Texts):
+    """Texts for a fine-tuned classifier (``aiayn prepare --classify``, an encoder-only model)."""
 
 
 _SAMPLE = SampleConfig()  # the library's defaults, the same as `aiayn generate`'s
@@ -119,6 +130,13 @@ class Service:
         if device_of(self.model).type == "cpu":
             accelerate(self.model)  # once, before any request (aiayn.accel)
         self.arch = model_arch(self.config)
+        self.labels: list[str] = self.config.get("labels") or []
+        if self.arch in TRANSLATION_MODELS:
+            self.kind = "translation"
+        elif self.arch in LANGUAGE_MODELS:
+            self.kind = "language model"
+        else:  # encoder-only: fine-tuned for classification, or only pretrained by masked tokens
+            self.kind = "classifier" if self.labels else "masked language model"
         self.n_params = count_parameters(self.model)
         self.limits = limits or Limits()
         self.pending: list[_Job] = []  # jobs with texts not yet taken into a batch
@@ -143,13 +161,19 @@ class Service:
     def overloaded(self) -> bool:
         return self.draining or self.queued_work() >= self.limits.max_queue_work
 
-    def _encode(self, texts: list[str], beam: int) -> list[list[int]]:
+    def _serves(self, kind: str) -> None:
+        """Refuse (400) a request for an endpoint this model does not serve, naming the one it does."""
+        if self.kind == kind:
+            return
+        endpoint = {"translation": "/translate", "language model": "/generate", "classifier": "/classify"}.get(self.kind)
+        raise RequestError(400, f"this model is a {self.kind} ({self.arch}): " + (
+            f"use {endpoint}" if endpoint else "aiayn serves translation models, language models and classifiers"))
+
+    def _encode(self, texts: list[str], beam: int = 1, what: str = "translate") -> list[list[int]]:
         """Check every text of a request and encode it; the first problem refuses the request (only it)."""
         lim = self.limits
-        if self.arch not in TRANSLATION_MODELS:
-            raise RequestError(400, f"this model is a {self.arch} model: use /generate")
         if not texts:
-            raise RequestError(422, "no text to translate")
+            raise RequestError(422, f"no text to {what}")
         if len(texts) > lim.max_texts:
             raise RequestError(413, f"{len(texts)} texts in one request; the limit is {lim.max_texts}")
         if beam > lim.max_beam:
@@ -251,6 +275,7 @@ class Service:
                 for hs in hyps]
 
     async def translate(self, req: TranslateRequest) -> dict[str, Any]:
+        self._serves("translation")
         texts = req.items()
         ids = self._encode(texts, req.beam_size)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -288,11 +313,26 @@ class Service:
         return {"src_tokens": m["src"], "tgt_tokens": m["tgt"], "encoder": rnd(m["encoder"]),
                 "decoder": rnd(m["decoder"]), "cross": rnd(m["cross"])}
 
+    async def classify(self, req: ClassifyRequest) -> dict[str, Any]:
+        """Each text's label, its probability and every label's: one model call per request, on the model thread,
+        after every text of the request has been checked (a bad text refuses its own request only)."""
+        from ..evaluate import class_probabilities
+
+        self._serves("classifier")
+        ids = self._encode(req.items(), what="classify")
+        t0 = time.perf_counter()
+        probs = await self.call(class_probabilities, self.model, ids)
+        out = []
+        for row in probs.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            out.append({"label": self.labels[best], "probability": round(row[best], 6),
+                        "probabilities": {label: round(p, 6) for label, p in zip(self.labels, row)}})
+        return {"results": out, "milliseconds": round(1000 * (time.perf_counter() - t0), 1)}
+
     async def generate(self, req: GenerateRequest) -> dict[str, Any]:
         from ..decode.sampling import generate_text
 
-        if self.arch not in LANGUAGE_MODELS:
-            raise RequestError(400, f"this model is a {self.arch} model: use /translate")
+        self._serves("language model")
         if len(req.prompt) > self.limits.max_chars:
             raise RequestError(413, f"the prompt has {len(req.prompt)} characters; the limit is {self.limits.max_chars}")
         if any("\ud800" <= c <= "\udfff" for c in req.prompt):
@@ -306,8 +346,8 @@ class Service:
         return {"prompt": req.prompt, "text": text}
 
     def info(self) -> dict[str, Any]:
-        return {"model": str(self.model_dir), "arch": self.arch,
-                "kind": "language model" if self.arch in LANGUAGE_MODELS else "translation", "config": self.config["model"],
+        return {"model": str(self.model_dir), "arch": self.arch, "kind": self.kind,
+                **({"labels": self.labels} if self.labels else {}), "config": self.config["model"],
                 "vocab": self.config.get("vocab"), "vocab_size": len(self.vocab), "parameters": self.n_params,
                 "step": self.config.get("step"), "limits": self.limits.__dict__}
 
@@ -419,6 +459,10 @@ def create_app(model_dir: str | Path, limits: Limits | None = None, device: str 
     @app.post("/generate")
     async def generate(req: GenerateRequest) -> dict[str, Any]:
         return await service.generate(req)
+
+    @app.post("/classify")
+    async def classify(req: ClassifyRequest) -> dict[str, Any]:
+        return await service.classify(req)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
