@@ -57,13 +57,19 @@ def test_page_translates_and_shows_attention(server, tmp_path):
         shutil.copy(shot, ROOT / "docs" / "img" / "serve.png")
 
 
+def _page_for(p, url: str, kind: str):
+    """Chromium on the server's page, once the page has read /info and says the model is a ``kind``."""
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    page = browser.new_page()
+    page.goto(url)
+    page.wait_for_function(f"document.querySelector('#info').textContent.includes('{kind}')", timeout=30_000)
+    return browser, page
+
+
 def test_page_generates_with_a_language_model():
     """With a language model the page offers a prompt and sampling controls, not translation."""
     with ServerProcess(ROOT / "models" / "shakespeare-char") as s, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page()
-        page.goto(s.url)
-        page.wait_for_function("document.querySelector('#info').textContent.includes('language model')", timeout=30_000)
+        browser, page = _page_for(p, s.url, "language model")
         assert page.is_hidden("#translate-controls") and page.is_visible("#generate-controls")
         page.fill("#src", "JULIET:")
         page.fill("#max-new", "40")
@@ -88,10 +94,7 @@ def test_page_classifies_with_a_classifier(tmp_path):
     torch.manual_seed(0)
     save_model_dir(tmp_path / "clf", build_model(cfg), cfg, vocab, {"labels": ["ham", "spam", "eggs"]})
     with ServerProcess(tmp_path / "clf") as s, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page()
-        page.goto(s.url)
-        page.wait_for_function("document.querySelector('#info').textContent.includes('classifier')", timeout=30_000)
+        browser, page = _page_for(p, s.url, "classifier")
         assert page.is_hidden("#translate-controls") and page.is_visible("#classify-controls")
         page.fill("#src", "a tin of spam")
         page.click("#cls")

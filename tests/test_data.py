@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -149,32 +151,41 @@ def test_prepare_streams_in_chunks_with_the_same_result(toy_corpus, tmp_path, mo
     assert not list((tmp_path / "small").glob(".*.raw"))
 
 
-def test_prepare_memory_does_not_grow_with_the_corpus(tmp_path):
-    """A corpus is never held whole: preparing 200,000 pairs (≈30 MB of text; the whole corpus in Python
-    objects would take several times that) raises the process's peak memory by far less than the corpus."""
-    import random
+def _random_sentences(n: int) -> Iterator[str]:
+    """``n`` sentences of 3–20 random made-up words (a 3,000-word vocabulary), the same every time."""
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(3000)]
+    for _ in range(n):
+        yield " ".join(rng.choice(words) for _ in range(rng.randint(3, 20)))
+
+
+def _prepare_peak_increase_kb(**options: str) -> int:
+    """How much `prepare(PrepareConfig(**options))` raises the peak memory of a fresh process, in KiB (Linux:
+    VmRSS before, then the peak VmHWM, reset before preparing and read after it)."""
     import subprocess
     import sys
 
-    rng = random.Random(0)
-    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(3000)]
-    with open(tmp_path / "big.tsv", "w") as f:
-        for _ in range(200_000):
-            s = " ".join(rng.choice(words) for _ in range(rng.randint(3, 20)))
-            f.write(f"{s}\t{s.upper()}\n")
-    # Linux: VmRSS now, then the peak (VmHWM) reset before preparing and read after it.
     code = ("import re; from aiayn.data.prepare import prepare, PrepareConfig\n"
             "def status(key): return int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
             "open('/proc/self/clear_refs', 'w').write('5')\n"
             "before = status('VmRSS')\n"
-            f"prepare(PrepareConfig(train={str(tmp_path / 'big.tsv')!r}, out={str(tmp_path / 'out')!r}, vocab='char'))\n"
+            f"prepare(PrepareConfig(**{options!r}))\n"
             "print(before, status('VmHWM'))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if r.returncode != 0 and "clear_refs" in r.stderr:
         pytest.skip("needs Linux's /proc/self/clear_refs to measure the peak")
+    assert r.returncode == 0, r.stderr[-2000:]
     before, after = map(int, r.stdout.split())
+    return after - before
+
+
+def test_prepare_memory_does_not_grow_with_the_corpus(tmp_path):
+    """A corpus is never held whole: preparing 200,000 pairs (≈30 MB of text; the whole corpus in Python
+    objects would take several times that) raises the process's peak memory by far less than the corpus."""
+    (tmp_path / "big.tsv").write_text("".join(f"{s}\t{s.upper()}\n" for s in _random_sentences(200_000)))
+    increase = _prepare_peak_increase_kb(train=str(tmp_path / "big.tsv"), out=str(tmp_path / "out"), vocab="char")
     corpus_kb = (tmp_path / "big.tsv").stat().st_size // 1024
-    assert after - before < corpus_kb, (before, after, corpus_kb)  # KiB: under 1× the text's size
+    assert increase < corpus_kb, (increase, corpus_kb)  # KiB: under 1× the text's size
 
 
 @pytest.mark.parametrize("vocab", ["char", "bpe"])
@@ -205,28 +216,11 @@ def test_lm_prepare_streams_with_the_same_result(tmp_path, monkeypatch, vocab):
 def test_lm_prepare_memory_does_not_grow_with_the_text(tmp_path):
     """A language model's text is never held whole: preparing ≈30 MB of text raises the peak memory by
     less than the text's size (held whole, as str and ids, it took several times that)."""
-    import random
-    import subprocess
-    import sys
-
-    rng = random.Random(0)
-    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(3000)]
-    with open(tmp_path / "big.txt", "w") as f:
-        for _ in range(400_000):
-            f.write(" ".join(rng.choice(words) for _ in range(rng.randint(3, 20))) + "\n")
-    code = ("import re; from aiayn.data.prepare import prepare, PrepareConfig\n"
-            "def status(key): return int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
-            "open('/proc/self/clear_refs', 'w').write('5')\n"
-            "before = status('VmRSS')\n"
-            f"prepare(PrepareConfig(train={str(tmp_path / 'big.txt')!r}, out={str(tmp_path / 'out')!r}, kind='lm',"
-            " vocab='char'))\n"
-            "print(before, status('VmHWM'))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if r.returncode != 0 and "clear_refs" in r.stderr:
-        pytest.skip("needs Linux's /proc/self/clear_refs to measure the peak")
-    before, after = map(int, r.stdout.split())
+    (tmp_path / "big.txt").write_text("".join(s + "\n" for s in _random_sentences(400_000)))
+    increase = _prepare_peak_increase_kb(train=str(tmp_path / "big.txt"), out=str(tmp_path / "out"), kind="lm",
+                                         vocab="char")
     text_kb = (tmp_path / "big.txt").stat().st_size // 1024
-    assert after - before < text_kb, (before, after, text_kb)  # KiB: under 1× the text's size
+    assert increase < text_kb, (increase, text_kb)  # KiB: under 1× the text's size
 
 
 def test_a_sentencepiece_model_with_other_special_ids_is_mapped_not_refused(tmp_path):
