@@ -134,6 +134,88 @@ def test_opus_like_marian_imports_with_the_same_tokens_scores_and_translations(o
     assert ended >= 3 and sum(map(len, ours)) >= 20  # not a test of empty outputs
 
 
+@pytest.fixture(scope="module")
+def opus_separate(tmp_path_factory) -> tuple[Path, list[str], list[str]]:
+    """A MarianMTModel with a vocabulary per side (Marian's --no-shared-vocab, HF's separate_vocabs): vocab.json
+    over the source SentencePiece model's pieces, target_vocab.json over the target's, of different sizes; an
+    embedding matrix per side, the output layer tied to the target's."""
+    import sentencepiece as spm
+    from transformers import MarianConfig, MarianMTModel, MarianTokenizer
+
+    d = tmp_path_factory.mktemp("opus-separate")
+    pairs = [p for p, _ in zip(read_parallel(ROOT / "data/bible-es-en/dev.tsv"), range(400))]
+    src, tgt = [p.src for p in pairs], [p.tgt for p in pairs]
+    sizes = {}
+    for name, texts, size, vocab_file in (("source.spm", src, 300, "vocab.json"), ("target.spm", tgt, 220, "target_vocab.json")):
+        proto = _spm(texts, size)
+        (d / name).write_bytes(proto)
+        sp = spm.SentencePieceProcessor(model_proto=proto)
+        vocab = {"</s>": 0, "<unk>": 1, **{sp.id_to_piece(i): i - 1 for i in range(3, sp.get_piece_size())}}
+        vocab["<pad>"] = len(vocab)
+        (d / vocab_file).write_text(json.dumps(vocab, ensure_ascii=False))
+        sizes[vocab_file] = len(vocab)
+    tok = MarianTokenizer(str(d / "source.spm"), str(d / "target.spm"), str(d / "vocab.json"),
+                          target_vocab_file=str(d / "target_vocab.json"), separate_vocabs=True)
+    tok.save_pretrained(d)
+    vs, vt = sizes["vocab.json"], sizes["target_vocab.json"]
+    torch.manual_seed(1)
+    cfg = MarianConfig(vocab_size=vs, decoder_vocab_size=vt, share_encoder_decoder_embeddings=False, d_model=32,
+                       encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+                       encoder_ffn_dim=64, decoder_ffn_dim=64, activation_function="swish", scale_embedding=True,
+                       pad_token_id=vt - 1, eos_token_id=0, decoder_start_token_id=vt - 1, forced_eos_token_id=0,
+                       max_position_embeddings=512, init_std=0.2)
+    hf = MarianMTModel(cfg).eval()
+    with torch.no_grad():
+        hf.final_logits_bias.normal_(0, 1.0)
+        hf.final_logits_bias[0, 0] += 3.5
+    hf.save_pretrained(d)
+    return d, src, tgt
+
+
+def test_a_marian_model_with_a_vocabulary_per_side_imports_as_separate_vocabularies(opus_separate, tmp_path):
+    """Each side's tokens are MarianTokenizer's (the source through vocab.json, the target through
+    target_vocab.json), the teacher-forced log-probabilities and the greedy translations are HF's."""
+    from transformers import MarianMTModel, MarianTokenizer
+
+    import aiayn
+    from aiayn.decode.translate import DecodeConfig, Translator
+    from aiayn.importers.hf import from_hf
+
+    d, src, tgt = opus_separate
+    from_hf(d, tmp_path / "m")
+    model = aiayn.load(tmp_path / "m", device="cpu")
+    tok, hf = MarianTokenizer.from_pretrained(d), MarianMTModel.from_pretrained(d).eval()
+    vs, vt = hf.config.vocab_size, hf.config.decoder_vocab_size
+    cfg = model.network.cfg
+    assert model.vocab.kind == "separate" and (cfg.tie, cfg.vocab_size, cfg.tgt_vocab_size) == ("two_way", vs + 1, vt + 1)
+    src_vocab, tgt_vocab = json.loads((d / "vocab.json").read_text()), json.loads((d / "target_vocab.json").read_text())
+    src_order = [src_vocab[p] if i != BOS_ID else vs - 1 for i, p in enumerate(model.vocab.source.piece_list)]
+    tgt_order = [tgt_vocab[p] if i != BOS_ID else vt - 1 for i, p in enumerate(model.vocab.target.piece_list)]
+    to_src, to_tgt = _hf_to_ours(src_order), _hf_to_ours(tgt_order)
+    sentences, targets = src[:10], tgt[:10]
+    ours_src = model.vocab.encode_batch(sentences)
+    assert ours_src == [[to_src[i] for i in ids[:-1]] for ids in tok(sentences)["input_ids"]]
+    assert model.vocab.encode_batch(targets, side="target") == [
+        [to_tgt[i] for i in ids[:-1]] for ids in tok(text_target=targets)["input_ids"]]
+    with torch.no_grad():
+        for s, t in zip(sentences[:4], targets[:4]):
+            x = tok(s, text_target=t, return_tensors="pt")
+            labels = x["labels"]
+            theirs = hf(input_ids=x["input_ids"],
+                        decoder_input_ids=torch.cat([torch.full((1, 1), vt - 1), labels[:, :-1]], 1)).logits.log_softmax(-1)
+            assert model.score([s], [t])[0] == pytest.approx(float(theirs.gather(-1, labels[..., None]).sum()), abs=1e-3)
+    limit = 20
+    translator = Translator(model.network, model.vocab, DecodeConfig(beam=1, max_len_a=0, max_len_b=limit))
+    ours = [h[0].tokens for h in translator.translate_ids(ours_src)]
+    for s, o in zip(sentences, ours):
+        gen = hf.generate(**tok(s, return_tensors="pt"), num_beams=1, do_sample=False, max_new_tokens=limit + 1,
+                          bad_words_ids=[[vt - 1]], forced_eos_token_id=None)[0, 1:].tolist()
+        gen = gen[:gen.index(0)] if 0 in gen else gen[:limit]
+        assert o == [to_tgt[i] for i in gen]
+        assert model.vocab.decode(o) == tok.decode(gen, skip_special_tokens=True)
+    assert sum(map(len, ours)) >= 20
+
+
 def test_a_multilingual_target_tag_stays_one_piece(opus_like, tmp_path):
     """`>>fra<<` in front of a sentence is one token of the vocabulary, as MarianTokenizer keeps it."""
     from aiayn.data.vocab import PieceVocab
@@ -175,7 +257,7 @@ def test_import_refuses_what_it_cannot_compute(opus_like, tmp_path):
 
     d, _, _ = opus_like
     for change, message in [({"activation_function": "gelu_new"}, "activation_function"),
-                            ({"share_encoder_decoder_embeddings": False}, "separate source and target"),
+                            ({"share_encoder_decoder_embeddings": False, "decoder_vocab_size": 7}, "decoder_vocab_size"),
                             ({"encoder_ffn_dim": 128}, "encoder_ffn_dim"),
                             ({"model_type": "bart"}, "model_type")]:
         bad = tmp_path / f"bad{len(message)}"

@@ -230,10 +230,10 @@ class SeparateVocab:
         return len(self.target)
 
     def encode(self, text: str, side: str = "source") -> list[int]:
-        return self.side(side).encode(text)
+        return self.side(side).encode(text, side)  # a side that splits by side (PieceVocab) is told which
 
     def encode_batch(self, texts: list[str], side: str = "source") -> list[list[int]]:
-        return self.side(side).encode_batch(texts)
+        return self.side(side).encode_batch(texts, side)
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.target.decode(ids)

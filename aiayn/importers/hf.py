@@ -48,9 +48,10 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def model_config(hf: dict[str, Any], vocab_size: int, output_bias: bool) -> ModelConfig:
+def model_config(hf: dict[str, Any], vocab_size: int, output_bias: bool, target_size: int | None = None) -> ModelConfig:
     """The aiayn configuration of a Marian/Pegasus ``config.json``; anything aiayn's encoder-decoder
-    cannot compute the same way is refused with the reason."""
+    cannot compute the same way is refused with the reason. ``target_size``: the target vocabulary's size
+    when the model has its own embeddings per side (``share_encoder_decoder_embeddings: false``)."""
     kind = hf.get("model_type")
     if kind not in ("marian", "pegasus"):
         raise ImportRefused(f"model_type {kind!r}: this importer reads Marian (OPUS-MT) and Pegasus translation models")
@@ -62,9 +63,8 @@ def model_config(hf: dict[str, Any], vocab_size: int, output_bias: bool) -> Mode
 
     heads, d_ff = same("encoder_attention_heads", "decoder_attention_heads"), same("encoder_ffn_dim", "decoder_ffn_dim")
     shared = hf.get("share_encoder_decoder_embeddings", True) is not False
-    if not shared or hf.get("decoder_vocab_size", hf["vocab_size"]) != hf["vocab_size"]:
-        raise ImportRefused("separate source and target vocabularies (share_encoder_decoder_embeddings: false) "
-                            "cannot be imported yet: aiayn's imported models share one vocabulary")
+    if shared != (target_size is None):
+        raise ImportRefused("share_encoder_decoder_embeddings disagrees with the tokenizer's vocabularies")
     act = ACTIVATIONS.get(hf.get("activation_function", "gelu"))
     if act is None:
         raise ImportRefused(f"activation_function {hf.get('activation_function')!r}: aiayn has relu, gelu and silu (swish)")
@@ -80,7 +80,8 @@ def model_config(hf: dict[str, Any], vocab_size: int, output_bias: bool) -> Mode
         n_encoder_layers=hf["encoder_layers"], n_decoder_layers=hf["decoder_layers"],
         dropout=float(hf.get("dropout", 0.1)), attn_dropout=float(hf.get("attention_dropout", 0.0)),
         act_dropout=float(hf.get("activation_dropout", 0.0)), norm="pre" if pre else "post", pe_layout="concat",
-        activation=act, tie="three_way" if hf.get("tie_word_embeddings", True) else "none",
+        activation=act, tgt_vocab_size=target_size,
+        tie=("three_way" if shared else "two_way") if hf.get("tie_word_embeddings", True) else "none",
         scale_embeddings=bool(hf.get("scale_embedding", False)), ln_eps=1e-5,
         max_positions=int(hf.get("max_position_embeddings", 1024)), output_bias=output_bias,
     )
@@ -148,6 +149,18 @@ def id_order(hf: dict[str, Any], vocab: dict[str, int], tokens: dict[str, Any]) 
     return order, pieces
 
 
+def source_order(vocab: dict[str, int], tokens: dict[str, Any]) -> tuple[list[int], list[str]]:
+    """:func:`id_order` for the source side of a model with a vocabulary per side: its specials are the
+    source vocabulary's own (the tokenizer's names); decoding never starts there, so aiayn's ``<s>`` row is
+    the source's ``<s>`` if it has one, else a copy of its padding row (never read)."""
+    names = {k: str(tokens.get(f"{k}_token", default)) for k, default in (("pad", "<pad>"), ("eos", "</s>"))}
+    for kind, piece in names.items():
+        if piece not in vocab:
+            raise ImportRefused(f"the {kind} token {piece!r} is not in the source vocabulary (vocab.json)")
+    pad, eos = vocab[names["pad"]], vocab[names["eos"]]
+    return id_order({"pad_token_id": pad, "eos_token_id": eos, "decoder_start_token_id": vocab.get("<s>", pad)}, vocab, tokens)
+
+
 def _first(weights: dict[str, Tensor], *names: str) -> Tensor:
     for n in names:
         if n in weights:
@@ -155,13 +168,20 @@ def _first(weights: dict[str, Tensor], *names: str) -> Tensor:
     raise ImportRefused(f"the weights have none of {', '.join(names)}")
 
 
-def aiayn_state_dict(weights: dict[str, Tensor], cfg: ModelConfig, order: list[int]) -> dict[str, Tensor]:
-    """HF Marian/Pegasus tensors under aiayn's names (every alias of a tied matrix given), rows in aiayn's order."""
+def aiayn_state_dict(weights: dict[str, Tensor], cfg: ModelConfig, order: list[int],
+                     src_order: list[int] | None = None) -> dict[str, Tensor]:
+    """HF Marian/Pegasus tensors under aiayn's names (every alias of a tied matrix given), rows in aiayn's order
+    (``order`` the target's, and ``src_order`` the source's when each side has its own vocabulary)."""
     w = {k.removeprefix("model."): v.float() for k, v in weights.items()}
     rows = torch.tensor(order)
-    emb = _first(w, "shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")[rows]
-    sd: dict[str, Tensor] = {"encoder.input.embedding.weight": emb, "decoder.input.embedding.weight": emb}
-    if cfg.tie == "three_way":
+    if src_order is None:  # one vocabulary, one embedding matrix
+        emb = _first(w, "shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")[rows]
+        sd: dict[str, Tensor] = {"encoder.input.embedding.weight": emb, "decoder.input.embedding.weight": emb}
+    else:
+        emb = w["decoder.embed_tokens.weight"][rows]
+        sd = {"encoder.input.embedding.weight": w["encoder.embed_tokens.weight"][torch.tensor(src_order)],
+              "decoder.input.embedding.weight": emb}
+    if cfg.tie in ("three_way", "two_way"):
         sd["output.tied.weight"] = emb
     else:
         sd["output.weight"] = _first(w, "lm_head.weight")[rows]
@@ -199,7 +219,7 @@ def from_hf(src: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write the Marian/Pegasus model directory ``src`` as the aiayn model directory ``out`` (a new one,
     or with ``overwrite`` one that aiayn wrote); returns ``out``."""
     from ..atomic import check_replaceable
-    from ..data.vocab import PieceVocab
+    from ..data.vocab import PieceVocab, SeparateVocab
     from ..model import build_model
     from ..train.checkpoint import save_model_dir
 
@@ -210,25 +230,39 @@ def from_hf(src: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     hf = _read_json(d / "config.json", "the model's configuration")
     vocab_json = _read_json(d / "vocab.json", "the piece → id map of MarianTokenizer")
     tokens = _read_json(d / "tokenizer_config.json", "") if (d / "tokenizer_config.json").is_file() else {}
-    if tokens.get("separate_vocabs"):
-        raise ImportRefused("separate source and target vocabularies (separate_vocabs: true) cannot be imported yet")
     for name in PieceVocab.spm_files:
         if not (d / name).is_file():
             raise ImportRefused(f"{d}: no {name} (MarianTokenizer's SentencePiece model for that side)")
     if len(vocab_json) != hf.get("vocab_size"):
         raise ImportRefused(f"vocab.json has {len(vocab_json):,} entries but config.json's vocab_size is {hf.get('vocab_size')}")
-    order, pieces = id_order(hf, vocab_json, tokens)
+    # A vocabulary per side (Marian's --no-shared-vocab): the source's ids from vocab.json, the target's from
+    # target_vocab.json (or vocab.json again when only the embedding matrices are separate).
+    separate = hf.get("share_encoder_decoder_embeddings", True) is False
+    if tokens.get("separate_vocabs") and not separate:
+        raise ImportRefused("the tokenizer has separate vocabularies (separate_vocabs: true) but the model shares one "
+                            "embedding matrix (share_encoder_decoder_embeddings: true)")
+    target_json = _read_json(d / "target_vocab.json", "the target side's piece → id map") if tokens.get("separate_vocabs") \
+        else vocab_json
+    if separate and len(target_json) != hf.get("decoder_vocab_size", hf.get("vocab_size")):
+        raise ImportRefused(f"the target vocabulary has {len(target_json):,} entries but config.json's decoder_vocab_size "
+                            f"is {hf.get('decoder_vocab_size')}")
+    order, pieces = id_order(hf, target_json, tokens)
+    src_order, src_pieces = source_order(vocab_json, tokens) if separate else (None, None)
     weights = load_weights(d)
     bias = weights.get("final_logits_bias", weights.get("model.final_logits_bias"))
     output_bias = bias is not None and bool(bias.ne(0).any())
-    cfg = model_config(hf, len(order), output_bias or order[PAD_ID] == order[BOS_ID])
+    cfg = model_config(hf, len(src_order or order), output_bias or order[PAD_ID] == order[BOS_ID],
+                       len(order) if separate else None)
+    spm = (d / "source.spm").read_bytes(), (d / "target.spm").read_bytes()
     try:
-        vocab = PieceVocab(pieces, (d / "source.spm").read_bytes(), (d / "target.spm").read_bytes())
+        vocab = PieceVocab(pieces, *spm)
+        if separate:
+            vocab = SeparateVocab(PieceVocab(src_pieces, *spm), vocab)
     except (ValueError, RuntimeError) as e:
         raise ImportRefused(f"{d}: cannot use its tokenizer files ({e})") from None
     model = build_model(cfg)
     try:
-        sd = aiayn_state_dict(weights, cfg, order)
+        sd = aiayn_state_dict(weights, cfg, order, src_order)
         model.load_state_dict(sd, strict=True)
     except KeyError as e:
         raise ImportRefused(f"{d}: the weights lack {e} (not a complete {hf['model_type']} checkpoint)") from None
@@ -238,8 +272,8 @@ def from_hf(src: str | Path, out: str | Path, overwrite: bool = False) -> Path:
                               "eos_token_id": hf.get("eos_token_id"), "pad_token_id": hf.get("pad_token_id"),
                               "decoder_start_token_id": hf.get("decoder_start_token_id")}}
     log.info("imported %s (%s, %d+%d layers, d_model %d, %s vocabulary of %d)", d, hf["model_type"], cfg.n_encoder_layers,
-             cfg.n_decoder_layers, cfg.d_model, "shared", len(vocab))
+             cfg.n_decoder_layers, cfg.d_model, "separate" if separate else "shared", len(order))
     return save_model_dir(out, model, cfg, vocab, meta, overwrite=overwrite)
 
 
-__all__ = ["from_hf", "model_config", "id_order", "aiayn_state_dict", "load_weights", "ABSENT_LOGIT"]
+__all__ = ["from_hf", "model_config", "id_order", "source_order", "aiayn_state_dict", "load_weights", "ABSENT_LOGIT"]
