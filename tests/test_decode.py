@@ -188,3 +188,29 @@ def test_tokenized_bleu_is_the_papers_kind():
     assert "tok:intl" in scores["signature"] and scores["tokenized_bleu"] == round(expected, 2)
     with pytest.raises(ValueError, match="unknown sacreBLEU tokenizer 'bogus'"):
         score_translations(hyp, ref, tokenize="bogus")
+
+
+@pytest.mark.parametrize("arch", ["encoder-decoder", "rnnsearch"])
+def test_details_of_a_batch_are_those_of_each_sentence_alone(arch):
+    """`translate --format jsonl`'s details (token log-probabilities, alignment) come from one forced pass per
+    batch: the same as one sentence at a time, padding and neighbours notwithstanding."""
+    from aiayn.data.vocab import CharVocab
+    from aiayn.model import build_model
+
+    vocab = CharVocab.train(["abcdefghij"])
+    torch.manual_seed(0)
+    kw = {"d_model": 32, "d_ff": 64} if arch == "encoder-decoder" else {"d_model": 16, "hidden_size": 32}
+    model = build_model(preset("tiny" if arch == "encoder-decoder" else "rnnsearch-small", vocab_size=len(vocab),
+                               dropout=0.0, **kw)).eval()
+    translator = Translator(model, vocab, DecodeConfig(beam=2, nbest=2, max_len_a=0, max_len_b=8))
+    srcs = [vocab.encode(t) for t in ["abc", "jihgfedcba", "a", "bbbbbb", "cadge"]]
+    hyps = translator.translate_ids(srcs)
+    together = translator.details(srcs, hyps)
+    alone = [translator.details([s], [h])[0] for s, h in zip(srcs, hyps)]
+    assert len({len(d["source_tokens"]) for d in together}) > 1  # sentences of different lengths shared a batch
+    for a, b in zip(together, alone):
+        assert {k: v for k, v in a.items() if k != "token_log_probs"} == {k: v for k, v in b.items() if k != "token_log_probs"}
+        assert a["token_log_probs"] == pytest.approx(b["token_log_probs"], abs=1e-5)
+        ended, cut = sum(a["token_log_probs"]), sum(a["token_log_probs"][:-1])  # a hypothesis cut at the limit: no </s>
+        assert a["log_prob"] == pytest.approx(ended, abs=1e-4) or a["log_prob"] == pytest.approx(cut, abs=1e-4)
+        assert len(a["alignment"]) == len(a["tokens"]) and max(a["alignment"]) < len(a["source_tokens"])

@@ -180,19 +180,25 @@ class Translator:
         over heads (None for a model without attention)."""
         from ..model import recording_attention
 
-        out = []
-        for ids, nbest in zip(sources, hyps):
-            best = nbest[0]
+        best = [nbest[0].tokens for nbest in hyps]
+        out: list[dict] = [{}] * len(sources)
+        # One forced pass per batch of similar lengths (as decoding batches them); padding changes nothing a
+        # sentence sees: its target positions and its keys are its own (tested against one at a time).
+        lens = np.array([max(len(s), len(b)) + 1 for s, b in zip(sources, best)], dtype=np.int64)
+        for idx in token_batches(lens, lens, self.cfg.max_tokens, shuffle=False, oversize_alone=True):
             with recording_attention(self.model) as record:
-                token_logp = forced_log_probs(self.model, [ids], [best.tokens], self.device)[0]
+                logp = forced_log_probs(self.model, [sources[i] for i in idx], [best[i] for i in idx], self.device)
             cross = [w for name, w in record.items() if name.endswith("cross_attn")]
-            alignment = cross[-1][0].float().mean(0).argmax(-1).tolist() if cross else None  # (T,) over S
-            out.append({
-                "translation": self.vocab.decode(best.tokens), "score": best.score, "log_prob": best.log_prob,
-                "tokens": self.vocab.pieces(best.tokens, side="target") + ["</s>"], "token_log_probs": token_logp.tolist(),
-                "source_tokens": self.vocab.pieces(ids) + ["</s>"], "alignment": alignment,
-                "nbest": [{"translation": self.vocab.decode(h.tokens), "score": h.score} for h in nbest],
-            })
+            for row, i in enumerate(idx.tolist()):
+                n = len(best[i]) + 1  # the tokens and </s>
+                alignment = cross[-1][row, :, :n].float().mean(0).argmax(-1).tolist() if cross else None  # (n,) over S
+                out[i] = {
+                    "translation": self.vocab.decode(best[i]), "score": hyps[i][0].score, "log_prob": hyps[i][0].log_prob,
+                    "tokens": self.vocab.pieces(best[i], side="target") + ["</s>"],
+                    "token_log_probs": logp[row, :n].tolist(), "source_tokens": self.vocab.pieces(sources[i]) + ["</s>"],
+                    "alignment": alignment,
+                    "nbest": [{"translation": self.vocab.decode(h.tokens), "score": h.score} for h in hyps[i]],
+                }
         return out
 
     def _checked_chunks(self, lines: Iterable[object], chunk: int,
