@@ -413,7 +413,7 @@ class PrepareConfig:
     spm_model: str | None = option(None, "reuse this SentencePiece model instead of training one")
     vocab_from: str | None = option(None, "reuse the vocabulary of this model or data directory (to fine-tune that model)")
     more_dev: str | None = option(None, "more development sets, each evaluated and logged apart during training "
-                                        "(val_loss@NAME …): NAME=FILE[;NAME=FILE…], FILE as for --dev")
+                                        "(val_loss@NAME …): NAME=FILE[;NAME=FILE…], FILE as for --dev (a text file with --lm)")
     separate_vocab: bool = option(False, "one vocabulary per language instead of a shared one (then model.tie: two_way or none)")
     tgt_vocab_size: int = option(0, "with --separate-vocab: the target vocabulary's entries (0 = --vocab-size)")
     max_len: int = option(256, "drop pairs with more tokens on a side (counted)")
@@ -451,8 +451,8 @@ class PrepareConfig:
         """``--more-dev`` as (name, corpus) pairs; each becomes the split ``dev.NAME``."""
         if not self.more_dev:
             return []
-        if self.kind != "parallel" or not self.dev:
-            raise ConfigError("--more-dev adds development sets to a parallel corpus's --dev")
+        if self.kind != "lm" and not self.dev:
+            raise ConfigError("--more-dev adds development sets to --dev")
         out: list[tuple[str, str]] = []
         for item in self.more_dev.split(";"):
             name, sep, spec = item.partition("=")

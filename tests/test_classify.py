@@ -51,7 +51,7 @@ def classifier(tmp_path_factory):
                                   "lr_schedule": "constant", "lr": 1e-3, "warmup": 5, "threads": 1, "save_every": 30})
     pretrained = d / "pretrain" / "checkpoints" / "step_0000030"
     manifest = aiayn.prepare(train=str(train_tsv), dev=str(dev_tsv), out=str(d / "data"), kind="classify",
-                             vocab_from=str(pretrained))
+                             vocab_from=str(pretrained), more_dev=f"again={dev_tsv}")
     result = aiayn.fit(train={"data": str(d / "data"), "out": str(d / "run"), "init_from": str(pretrained),
                               "max_steps": 120, "max_tokens": 400, "lr_schedule": "constant", "lr": 2e-3, "warmup": 10,
                               "eval_every": 60, "save_every": 60, "best_by": "val_acc", "label_smoothing": 0.0,
@@ -71,6 +71,7 @@ def test_fine_tuned_classifier_learns_and_is_used_by_every_entry_point(classifie
     log = [json.loads(line) for line in (d / "run" / "log.jsonl").read_text().splitlines()]
     evals = [r for r in log if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [60, 120] and result["val_acc"] == evals[-1]["val_acc"]
+    assert all(r["val_acc@again"] == r["val_acc"] and "val_loss@again" in r for r in evals)  # --more-dev: the same file
     assert result["val_acc"] >= 0.9, evals
     model = aiayn.load(d / "run" / "best", device="cpu")
     assert model.kind == "classifier" and model.labels == ["neg", "pos"]

@@ -460,5 +460,39 @@ def test_several_dev_sets_are_evaluated_and_logged_apart(toy_corpus, tmp_path):
     for bad, message in [("copy", "NAME=FILE"), ("a b=x.tsv", "NAME=FILE"), (f"x={other};x={other}", "twice")]:
         with pytest.raises(ConfigError, match=message):
             PrepareConfig(train=str(toy_corpus["train"]), dev=str(toy_corpus["dev"]), out=str(tmp_path / "d2"), more_dev=bad)
-    with pytest.raises(ConfigError, match="adds development sets to a parallel corpus's --dev"):
+    with pytest.raises(ConfigError, match="adds development sets to --dev"):
         PrepareConfig(train=str(toy_corpus["train"]), out=str(tmp_path / "d2"), more_dev=f"x={other}")
+
+
+def test_a_language_model_evaluates_more_validation_texts_apart(tmp_path):
+    """prepare --lm --more-dev NAME=FILE: each text is its own validation split, logged as val_loss@NAME and
+    ppl@NAME beside the main one (which alone picks OUT/best); a missing or blank one is refused by name."""
+    from aiayn.data.prepare import PrepareConfig, prepare
+    from aiayn.evaluate import lm_validation
+
+    text = "".join(f"line {i} of the main text, with words\n" for i in range(300))
+    (tmp_path / "main.txt").write_text(text)
+    (tmp_path / "other.txt").write_text("".join(f"A DIFFERENT TEXT {i}\n" for i in range(40)))
+    manifest = prepare(PrepareConfig(train=str(tmp_path / "main.txt"), out=str(tmp_path / "data"), kind="lm", vocab="char",
+                                     more_dev=f"other={tmp_path / 'other.txt'};same={tmp_path / 'main.txt'}"))
+    assert {"train", "valid", "valid.other", "valid.same"} == set(manifest["splits"])
+    assert manifest["splits"]["valid.same"]["chars"] == len(text)
+    run = load_run_config(None, {"model": {"preset": "gpt-nano", "d_model": 32, "d_ff": 64, "n_heads": 2,
+                                           "n_decoder_layers": 1, "max_positions": 32},
+                                 "train": {"data": str(tmp_path / "data"), "out": str(tmp_path / "run"), "max_steps": 4,
+                                           "warmup": 2, "eval_every": 2, "batch_size": 4, "threads": 1}})
+    result = train(run)
+    assert {"val_loss", "ppl", "val_loss@other", "ppl@other", "val_loss@same"} <= set(result)
+    assert result["val_loss@other"] != result["val_loss"]
+    assert result["val_loss@same"] != result["val_loss"]  # the whole text, not its last tenth
+    model, _, _ = load_model_dir(tmp_path / "run" / "checkpoints" / "step_0000004")
+    import numpy as np
+
+    other = np.load(tmp_path / "data" / "valid.other.tokens.npy")
+    assert lm_validation(model, other, 32)["val_loss"] == pytest.approx(result["val_loss@other"], rel=1e-5)
+    (tmp_path / "blank.txt").write_text("\n\n")
+    from aiayn.data.corpus import CorpusError
+
+    with pytest.raises(CorpusError, match="blank.txt: no validation text"):
+        prepare(PrepareConfig(train=str(tmp_path / "main.txt"), out=str(tmp_path / "d2"), kind="lm", vocab="char",
+                              more_dev=f"b={tmp_path / 'blank.txt'}"))

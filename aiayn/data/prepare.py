@@ -378,12 +378,16 @@ def _prepare_lm(cfg: PrepareConfig, tmp: Path) -> dict:
     total = sum(len(piece) for piece in _text_pieces(cfg.train))
     cut = total if cfg.dev else int(total * (1 - cfg.valid_fraction))
     splits = {"train": (cfg.train, 0, cut), "valid": (cfg.dev, 0, None) if cfg.dev else (cfg.train, cut, None)}
-    if cfg.dev and not Path(cfg.dev).is_file():
-        raise CorpusError(f"{cfg.dev}: no such file")
+    splits.update({f"valid.{name}": (path, 0, None) for name, path in cfg.dev_sets()})  # --more-dev
+    for split, (path, _, _) in splits.items():
+        if not Path(path).is_file():
+            raise CorpusError(f"{path}: no such file")
     if not any(p.strip() for p in _text_pieces(*splits["train"])):
         raise CorpusError(f"{cfg.train}: no text to train on (the file is empty or blank)")
-    if not any(p.strip() for p in _text_pieces(*splits["valid"])):
-        raise CorpusError(f"{cfg.dev or cfg.train}: no validation text (give --dev, or a larger --valid-fraction)")
+    for split, part in splits.items():
+        if split != "train" and not any(p.strip() for p in _text_pieces(*part)):
+            raise CorpusError(f"{part[0]}: no validation text" + (" (give --dev, or a larger --valid-fraction)"
+                                                                  if split == "valid" else ""))
     # Characters are counted over the whole text (line breaks are characters); SentencePiece learns from lines.
     vocab = _vocabulary(cfg, lambda: _text_pieces(*splits["train"]),
                         lines=lambda: (line for p in _text_pieces(*splits["train"]) for line in p.splitlines()))

@@ -43,9 +43,12 @@ class Feed:
         elif kind == "classify":
             self.train_data = LabelledData(cfg.data, "train")
             self.dev_data = LabelledData(cfg.data, "dev") if "dev" in splits else None
+            self.more_dev = {s.split(".", 1)[1]: LabelledData(cfg.data, s) for s in splits if s.startswith("dev.")}
         else:
             self.train_tokens = np.load(Path(cfg.data) / "train.tokens.npy", mmap_mode="r")
             self.valid_tokens = np.load(Path(cfg.data) / "valid.tokens.npy", mmap_mode="r")
+            self.more_valid = {s.split(".", 1)[1]: np.load(Path(cfg.data) / f"{s}.tokens.npy", mmap_mode="r")
+                               for s in splits if s.startswith("valid.")}
             self.block = cfg.block_size or m.max_positions
             if self.block > m.max_positions and m.positional == "learned":
                 raise ConfigError(f"block_size {self.block} exceeds the model's max_positions {m.max_positions}")

@@ -267,19 +267,25 @@ class Trainer:
         """The dev metrics of ``model`` (the whole model, :meth:`whole_model`; default: the model trained)."""
         model = self.model if model is None else model
         model.eval()
-        if self.kind == "lm":
+        out: dict[str, float] = {}
+        if self.kind == "lm":  # the validation split, then --more-dev's, each logged as val_loss@NAME …
             from ..evaluate import lm_validation
 
-            return lm_validation(model, self.feed.valid_tokens, self.feed.block, self.cfg.eval_lm_tokens, self.device)
+            for name, tokens in [("", self.feed.valid_tokens), *self.feed.more_valid.items()]:
+                res = lm_validation(model, tokens, self.feed.block, self.cfg.eval_lm_tokens, self.device)
+                out.update({k + (f"@{name}" if name else ""): v for k, v in res.items()})
+            return out
         if self.feed.dev_data is None:
             return {}
         if self.kind == "classify":
             from ..evaluate import classification_validation
 
-            return classification_validation(model, self.feed.dev_data, self.cfg.max_tokens, self.device)
+            for name, data in [("", self.feed.dev_data), *self.feed.more_dev.items()]:
+                res = classification_validation(model, data, self.cfg.max_tokens, self.device)
+                out.update({k + (f"@{name}" if name else ""): v for k, v in res.items()})
+            return out
         from ..evaluate import corpus_loss, greedy_bleu
 
-        out: dict[str, float] = {}
         for name, data in [("", self.feed.dev_data), *self.feed.more_dev.items()]:  # the main dev set, then the others
             at, split = (f"@{name}", f"dev.{name}") if name else ("", "dev")
             out.update({k + at: v for k, v in corpus_loss(model, data, self.cfg.max_tokens, self.device).items()})
