@@ -104,3 +104,17 @@ def test_fsdp_mixed_precision_follows_train_dtype(toy_data, tmp_path):
     assert b == pytest.approx(a, rel=2e-2)  # …but the same training
     weights = load_file(str(fsdp / "checkpoints" / "step_0000003" / "model.safetensors"))
     assert all(w.dtype == torch.float32 for w in weights.values())
+
+
+def test_fsdp_with_activation_checkpointing_makes_the_same_updates(toy_data, tmp_path):
+    """Layers recomputed in the backward pass (train.activation_checkpointing) under FSDP, whose units gather
+    their weights again for the recomputation: the same losses and weights as FSDP without it."""
+    common = ["model.preset=tiny", "model.d_model=32", "model.d_ff=64", "model.dropout=0.1", f"train.data={toy_data}",
+              "train.warmup=2", "train.max_tokens=300", "train.eval_bleu_sentences=0", "train.threads=1",
+              "train.log_every=1", "train.accelerate=false", "train.max_steps=3", "train.save_every=3",
+              "train.parallel=fsdp"]
+    plain, recomputed = tmp_path / "plain", tmp_path / "recomputed"
+    _train(plain, common, 2)
+    log = _train(recomputed, common, 2, "train.activation_checkpointing=true")
+    assert "activation checkpointing: 4 layers recomputed" in log
+    assert_same_updates(plain, recomputed, step=3)

@@ -124,6 +124,7 @@ class Trainer:
         # underflow, and an update whose gradients overflowed is skipped (the scale then halves).
         # bfloat16 has float32's range and needs none of this.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.dtype == "float16")
+        self._whole: tuple[nn.Module | None, int] = (None, -1)  # FSDP: the gathered whole model, and its step
         self.skipped_updates = 0
         self.feed = Feed(run, self.kind, manifest["splits"])
         resuming = resume and latest_checkpoint(self.out) is not None
@@ -221,6 +222,7 @@ class Trainer:
         return loss, nll, int((target != 0).sum())
 
     def train_step(self) -> dict[str, float]:
+        self._whole = (None, -1)  # FSDP: no whole copy of the model is kept while training
         micro, total_tokens = self.feed.next_update(self.rank, self.world)
         self.model.train()
         lr = self._lr(self.step + 1)
@@ -325,7 +327,7 @@ class Trainer:
         plain copy (every process must call this), otherwise the model itself."""
         if not self.fsdp:
             return self.model
-        if getattr(self, "_whole", (None, -1))[1] == self.step:
+        if self._whole[1] == self.step:  # evaluation and saving at the same step gather once
             return self._whole[0]
         from .sharding import full_weights
 
