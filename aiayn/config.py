@@ -551,6 +551,8 @@ class Word2VecConfig:
     epochs: int = option(5, "passes over the corpus")
     alpha: float = option(0.025, "initial learning rate, decaying linearly to min_alpha")
     min_alpha: float = option(0.0001, "final learning rate")
+    workers: int = option(1, "threads training at once, each on its share of the batches, updating the shared "
+                             "vectors without locks as gensim's workers do (faster; runs no longer repeat exactly)")
     batch: int = option(2048, "predictions per update, about (larger: faster but staler, and unstable when too "
                                "large; the C tool and gensim update after every prediction)")
     lowercase: bool = True
@@ -561,7 +563,7 @@ class Word2VecConfig:
         _check_literals(self)
         if isinstance(self.input, str):
             self.input = [p for p in self.input.split(",") if p]
-        for name in ("dim", "window", "min_count", "epochs", "batch"):
+        for name in ("dim", "window", "min_count", "epochs", "batch", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.negative < 1:

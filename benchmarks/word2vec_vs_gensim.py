@@ -3,7 +3,8 @@
 The corpus is the English of the shipped Bible corpora (King James and World English Bible, every
 split of data/bible-kjv-web) plus tiny Shakespeare: ≈1.7M words, tokenized once by aiayn's tokenizer
 for both. Both train with dimension 100, window 5, 5 negatives, min_count 5, sample 1e-3, 5 epochs,
-α 0.025 → 0.0001, on 2 threads. For each model (CBOW, skip-gram) and seed: training words/s
+α 0.025 → 0.0001, on 2 threads (gensim's workers; aiayn's ``--workers``). For each model (CBOW,
+skip-gram) and seed: training words/s
 (raw corpus words × epochs / training seconds; reading and vocabulary building not counted for
 either), WordSim-353 and SimLex-999 Spearman, and analogy accuracy on the covered questions (the sets
 gensim ships, scored by aiayn's evaluation for both). Writes benchmarks/results/word2vec_vs_gensim.json.
@@ -57,11 +58,12 @@ def run_gensim(corpus: Path, model: str, seed: int, threads: int):
     return vectors, words * s["epochs"] / seconds
 
 
-def run_aiayn(corpus: Path, model: str, seed: int):
+def run_aiayn(corpus: Path, model: str, seed: int, threads: int):
     from aiayn.config import Word2VecConfig
     from aiayn.word2vec import train_word2vec
 
-    vectors, stats = train_word2vec(Word2VecConfig(input=[str(corpus)], out="-", model=model, seed=seed, **SETTINGS))
+    vectors, stats = train_word2vec(Word2VecConfig(input=[str(corpus)], out="-", model=model, seed=seed, workers=threads,
+                                                   **SETTINGS))
     return vectors, stats["words_per_second"]
 
 
@@ -86,7 +88,7 @@ def main() -> None:
                 runs = []
                 for seed in range(1, args.seeds + 1):
                     vectors, wps = (run_gensim(corpus, model, seed, args.threads) if impl == "gensim"
-                                    else run_aiayn(corpus, model, seed))
+                                    else run_aiayn(corpus, model, seed, args.threads))
                     runs.append({"seed": seed, "words_per_second": round(wps), **vectors.evaluate()})
                     r = runs[-1]
                     print(f"{model:>8} {impl:>6} seed {seed}: {wps:>11,.0f} words/s  WordSim-353 {r['wordsim353']:.4f}  "

@@ -30,12 +30,15 @@ def synthetic_corpus(path, n=3000, seed=0):
     return path
 
 
-@pytest.mark.parametrize("model", ["cbow", "skipgram"])
-def test_loss_falls_and_interchangeable_words_end_up_nearest(tmp_path, model):
+@pytest.mark.parametrize("model,workers", [("cbow", 1), ("skipgram", 1), ("cbow", 2), ("skipgram", 2)])
+def test_loss_falls_and_interchangeable_words_end_up_nearest(tmp_path, model, workers):
+    """One worker, or two threads updating the vectors at once (Hogwild, as gensim's workers): both learn."""
     corpus = synthetic_corpus(tmp_path / "c.txt")
     cfg = Word2VecConfig(input=[str(corpus)], out=str(tmp_path / "v"), model=model, dim=16, epochs=4, min_count=1,
-                         sample=0, batch=256, seed=3)
+                         sample=0, batch=256, seed=3, workers=workers)
+    threads = torch.get_num_threads()
     vectors, stats = train_word2vec(cfg)
+    assert torch.get_num_threads() == threads  # the workers' one thread each is given back
     assert stats["loss_per_epoch"][-1] < stats["loss_per_epoch"][0]
     assert vectors.most_similar(["cat"], topn=1)[0][0] == "dog"
     assert vectors.most_similar(["bus"], topn=1)[0][0] == "car"
@@ -115,6 +118,8 @@ def test_query_tokenizer_and_options():
     assert tokenize("¿Dónde está?") == ["dónde", "está"]
     with pytest.raises(ConfigError, match="negative"):
         Word2VecConfig(input=["x"], out="o", negative=0)
+    with pytest.raises(ConfigError, match="workers"):
+        Word2VecConfig(input=["x"], out="o", workers=0)
     with pytest.raises(ConfigError, match="min-alpha"):
         Word2VecConfig(input=["x"], out="o", alpha=0.01, min_alpha=0.1)
 

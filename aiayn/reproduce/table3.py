@@ -130,7 +130,8 @@ def run_row(row: Row, cfg: Table3Config, work: Path, data: Path, progress=print)
     loss = corpus_loss(model, ParallelData(data, "dev"), max_tokens=4000)
     scores, _ = evaluate_translation(model, vocab, Path(cfg.corpus) / "dev.tsv", DecodeConfig(), limit=cfg.dev_sentences)
     result = {
-        "row": row.id, "budget": cfg.budget(), "steps": trained["step"], "train_seconds": round(trained["elapsed"], 1),
+        "row": row.id, "date": time.strftime("%Y-%m-%d"), "budget": cfg.budget(), "steps": trained["step"],
+        "train_seconds": round(trained["elapsed"], 1),
         "seconds_with_evaluation": round(time.perf_counter() - started, 1),
         "dev_ppl": loss["ppl"], "dev_loss": loss["val_loss"], "dev_bleu": scores["bleu"], "signature": scores["signature"],
         "parameters": count_parameters(model), "model": {**BASE_MODEL, **row.model}, "train": {**BASE_TRAIN, **row.train},
@@ -198,7 +199,9 @@ def claims(rows: dict) -> list[dict]:
 def markdown(results: dict) -> str:
     m, b = results["machine"], results["budget"]
     budget = f"{b['steps']} steps" if b["steps"] else f"{b['minutes']:g} minutes"
-    lines = [f"Measured on {m['cpu']} ({m['threads']} threads), {results['date']}: every row {budget} of training "
+    dates = sorted({r.get("date", results["date"]) for r in results["rows"].values()} or {results["date"]})
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"  # rows resumed in later sessions
+    lines = [f"Measured on {m['cpu']} ({m['threads']} threads), {when}: every row {budget} of training "
              "(big: 3×), Bible es→en dev set, beam 4, α = 0.6, last checkpoint (no averaging), sacreBLEU.", "",
              "| row | the paper's change | paper PPL | paper BLEU | paper params ×10⁶ | our change (CPU base) "
              "| PPL | BLEU | params ×10⁶ | steps | train s |",

@@ -34,6 +34,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -115,41 +116,50 @@ class NoiseSampler:
         self.table = torch.from_numpy(np.repeat(np.arange(len(counts)), np.round(p / p.sum() * size).astype(np.int64)))
         self.gen = gen
 
-    def __call__(self, shape: tuple[int, ...]) -> torch.Tensor:
-        return self.table[torch.randint(0, self.table.numel(), shape, generator=self.gen)]
+    def __call__(self, shape: tuple[int, ...], gen: torch.Generator | None = None) -> torch.Tensor:
+        draws = torch.randint(0, self.table.numel(), shape, generator=gen or self.gen)
+        return self.table.index_select(0, draws.flatten()).view(shape)
 
 
 MAX_REPEATS = 64  # see damped_index_add
 
 
-def damped_index_add(w: torch.Tensor, index: torch.Tensor, update: torch.Tensor) -> None:
-    """w[index[i]] += update[i], except that a row named m > MAX_REPEATS times in one batch takes
-    MAX_REPEATS / m of its summed updates. One prediction at a time (the C tool, gensim), a word's
+def damping(index: torch.Tensor, rows: int, cap: int = MAX_REPEATS) -> torch.Tensor:
+    """Per entry of ``index``: 1, or cap / m for a row named m > ``cap`` times in one batch, which then takes
+    cap / m of its summed updates (``cap``: MAX_REPEATS, shared out among workers that update at once).
+    One prediction at a time (the C tool, gensim), a word's
     m updates each see the vector the last one left, and shrink as its predictions come right; summed
     from one stale vector they overshoot instead, and a frequent word named hundreds of times in a
     batch (as a noise word, mostly) makes training diverge. Rows named fewer times — nearly all — are
     updated exactly as plain SGD would."""
-    repeats = torch.bincount(index, minlength=w.size(0))
-    scale = (MAX_REPEATS / repeats[index].clamp(min=MAX_REPEATS)).to(update.dtype)
-    w.index_add_(0, index, update * scale.unsqueeze(1))
+    repeats = torch.bincount(index, minlength=rows)
+    return cap / repeats.index_select(0, index).clamp(min=cap)
+
+
+def damped_index_add(w: torch.Tensor, index: torch.Tensor, update: torch.Tensor, cap: int = MAX_REPEATS) -> None:
+    """w[index[i]] += update[i], damped (:func:`damping`)."""
+    w.index_add_(0, index, update * damping(index, w.size(0), cap).to(update.dtype).unsqueeze(1))
 
 
 def negative_sampling_step(w_in: torch.Tensor, w_out: torch.Tensor, v: torch.Tensor, targets: torch.Tensor,
-                           lr: float) -> tuple[torch.Tensor, float]:
+                           lr: float, cap: int = MAX_REPEATS) -> tuple[torch.Tensor, float]:
     """One gradient step of Σ log σ(u_o·v) + Σ log σ(−u_n·v) for a batch of predictions.
 
     v: (B, d) the input side (a word's input vector, or the mean of a context's); targets: (B, 1 + k)
-    the true word then k noise words. Updates the output vectors of the targets in place; returns the
-    step for v (B, d), which the caller adds to the input vectors v came from, and the summed loss.
+    the true word then k noise words. Updates the output vectors of the targets in place (damped to
+    ``cap``); returns the step for v (B, d), which the caller adds to the input vectors v came from, and
+    the summed loss.
     """
-    u = w_out[targets]  # (B, 1 + k, d)
+    u = w_out.index_select(0, targets.flatten()).view(*targets.shape, -1)  # (B, 1 + k, d); faster than w_out[targets]
     score = (u * v.unsqueeze(1)).sum(2)  # (B, 1 + k): u·v (a batched matrix product is slower at this size)
     g = torch.sigmoid(score).mul_(-lr)  # lr × ∂/∂score of the log-likelihood: lr·(label − σ(score))
     g[:, 0] += lr
     same = targets[:, 1:] == targets[:, :1]  # a noise word that is the true word is skipped (the C tool, gensim)
     g[:, 1:].masked_fill_(same, 0.0)
     step_v = torch.bmm(g.unsqueeze(1), u).squeeze(1)  # (B, d)
-    damped_index_add(w_out, targets.flatten(), (g.unsqueeze(2) * v.unsqueeze(1)).flatten(0, 1))
+    flat = targets.flatten()
+    g_damped = g * damping(flat, w_out.size(0), cap).to(g.dtype).view_as(g)  # damped before the outer product: one pass
+    w_out.index_add_(0, flat, (g_damped.unsqueeze(2) * v.unsqueeze(1)).flatten(0, 1))
     score[:, 1:].neg_()
     loss = -F.logsigmoid(score).masked_fill_(F.pad(same, (1, 0)), 0.0).sum().item()  # skipped noise words: no loss
     return step_v, loss
@@ -166,51 +176,16 @@ def train_word2vec(cfg: Word2VecConfig) -> tuple[WordVectors, dict]:
     # measured worse here), output vectors zero.
     w_in = (torch.rand(V, d, generator=gen) * 2 - 1) / d
     w_out = torch.zeros(V, d)
-    noise = NoiseSampler(corpus.counts, gen)
-    keep = corpus.keep_probability(cfg.sample)
-    total = cfg.epochs * corpus.ids.size  # words the learning rate decays over (before subsampling)
-    done, losses, predictions = 0, [], 0
     log.info("word2vec %s: %s words (%s after min_count), %s types, %d epochs", cfg.model, f"{corpus.raw_words:,}",
              f"{corpus.ids.size:,}", f"{V:,}", cfg.epochs)
     train_start = time.perf_counter()
-    corpus_ids, corpus_sentence = torch.from_numpy(corpus.ids), torch.from_numpy(corpus.sentence)
-    keep_t = torch.from_numpy(keep)
-    for epoch in range(cfg.epochs):
-        kept = torch.rand(corpus_ids.numel(), generator=gen, dtype=torch.float64) < keep_t[corpus_ids]
-        ids = corpus_ids[kept]
-        table = context_table(ids, corpus_sentence[kept], cfg.window, gen)  # (N, 2·window)
-        order = torch.randperm(ids.numel(), generator=gen)  # batches of words from all over the corpus
-        per_word = corpus.ids.size / max(1, ids.numel())  # corpus words (before subsampling) per kept word
-        epoch_loss, epoch_n = 0.0, 0
-        # ``batch`` predictions per update: skip-gram makes about window + 1 per word (2·E[b], b ∈ 1 … window).
-        step_words = cfg.batch if cfg.model == "cbow" else max(1, cfg.batch // (cfg.window + 1))
-        for i in range(0, ids.numel(), step_words):
-            lr = max(cfg.min_alpha, cfg.alpha * (1 - (done + i * per_word) / total))
-            pick = order[i : i + step_words]
-            words, ctx = ids[pick], table[pick]  # (B,), (B, 2·window)
-            has = ctx >= 0
-            if cfg.model == "skipgram":  # one prediction per (word, context word)
-                centers, targets_ = words.unsqueeze(1).expand_as(ctx)[has], ctx[has]
-                targets = torch.cat([targets_.unsqueeze(1), noise((centers.numel(), cfg.negative))], 1)
-                step, loss = negative_sampling_step(w_in, w_out, w_in[centers], targets, lr)
-                damped_index_add(w_in, centers, step)
-                n_pred = centers.numel()
-            else:  # CBOW: one prediction per word, from the mean of its context's input vectors
-                count = has.sum(1)
-                rows = count > 0
-                words, ctx, has, count = words[rows], ctx[rows], has[rows], count[rows]
-                flat = ctx[has]  # the context words, bag after bag
-                offsets = count.cumsum(0) - count
-                mean = F.embedding_bag(flat, w_in, offsets, mode="mean")  # (B, d)
-                targets = torch.cat([words.unsqueeze(1), noise((words.numel(), cfg.negative))], 1)
-                step, loss = negative_sampling_step(w_in, w_out, mean, targets, lr)
-                damped_index_add(w_in, flat, step.repeat_interleave(count, dim=0))  # each context word takes it all (C tool)
-                n_pred = words.numel()
-            epoch_loss, epoch_n = epoch_loss + loss, epoch_n + n_pred
-        done += corpus.ids.size
-        losses.append(epoch_loss / max(1, epoch_n))
-        predictions += epoch_n
-        log.info("epoch %d: loss %.4f per prediction, %s predictions", epoch + 1, losses[-1], f"{epoch_n:,}")
+    threads = torch.get_num_threads()
+    if cfg.workers > 1:  # the workers are the parallelism: each runs its operations on one thread
+        torch.set_num_threads(1)
+    try:
+        losses, predictions = _epochs(cfg, corpus, w_in, w_out, gen)
+    finally:
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - train_start
     if not all(math.isfinite(x) for x in losses):
         raise FloatingPointError("word2vec diverged (non-finite loss): lower --alpha")
@@ -218,6 +193,68 @@ def train_word2vec(cfg: Word2VecConfig) -> tuple[WordVectors, dict]:
              "loss_per_epoch": [round(x, 4) for x in losses], "read_seconds": round(read_s, 2),
              "train_seconds": round(seconds, 2), "words_per_second": round(cfg.epochs * corpus.raw_words / seconds)}
     return WordVectors(corpus.words, w_in.numpy(), corpus.counts), stats
+
+
+def _epochs(cfg: Word2VecConfig, corpus: Corpus, w_in: torch.Tensor, w_out: torch.Tensor,
+            gen: torch.Generator) -> tuple[list[float], int]:
+    """The training passes, updating ``w_in`` and ``w_out`` in place; (loss per prediction of each epoch,
+    predictions made)."""
+    noise = NoiseSampler(corpus.counts, gen)
+    keep_t = torch.from_numpy(corpus.keep_probability(cfg.sample))
+    total = cfg.epochs * corpus.ids.size  # words the learning rate decays over (before subsampling)
+    done, losses, predictions = 0, [], 0
+    corpus_ids, corpus_sentence = torch.from_numpy(corpus.ids), torch.from_numpy(corpus.sentence)
+    for epoch in range(cfg.epochs):
+        kept = torch.rand(corpus_ids.numel(), generator=gen, dtype=torch.float64) < keep_t[corpus_ids]
+        ids = corpus_ids[kept]
+        table = context_table(ids, corpus_sentence[kept], cfg.window, gen)  # (N, 2·window)
+        order = torch.randperm(ids.numel(), generator=gen)  # batches of words from all over the corpus
+        per_word = corpus.ids.size / max(1, ids.numel())  # corpus words (before subsampling) per kept word
+        # ``batch`` predictions per update: skip-gram makes about window + 1 per word (2·E[b], b ∈ 1 … window).
+        # Workers update at once: each batch's share of the damping cap is 1 / workers of it.
+        cap = max(1, MAX_REPEATS // cfg.workers)
+        step_words = cfg.batch if cfg.model == "cbow" else max(1, cfg.batch // (cfg.window + 1))
+
+        def update(i: int, gen: torch.Generator) -> tuple[float, int]:
+            """The batch of words order[i : i + step_words]: one update; its summed loss and predictions."""
+            lr = max(cfg.min_alpha, cfg.alpha * (1 - (done + i * per_word) / total))
+            pick = order[i : i + step_words]
+            words, ctx = ids.index_select(0, pick), table.index_select(0, pick)  # (B,), (B, 2·window)
+            has = ctx >= 0
+            if cfg.model == "skipgram":  # one prediction per (word, context word)
+                found = has.flatten().nonzero().squeeze(1)  # (word, context slot) pairs, word by word
+                centers = words.index_select(0, found // ctx.size(1))
+                targets_ = ctx.flatten().index_select(0, found)
+                targets = torch.cat([targets_.unsqueeze(1), noise((centers.numel(), cfg.negative), gen)], 1)
+                step, loss = negative_sampling_step(w_in, w_out, w_in.index_select(0, centers), targets, lr, cap)
+                damped_index_add(w_in, centers, step, cap)
+                return loss, centers.numel()
+            # CBOW: one prediction per word, from the mean of its context's input vectors
+            count = has.sum(1)
+            rows = (count > 0).nonzero().squeeze(1)  # words with a context
+            words, ctx, has, count = (t.index_select(0, rows) for t in (words, ctx, has, count))
+            flat = ctx.flatten().index_select(0, has.flatten().nonzero().squeeze(1))  # the context words, bag after bag
+            offsets = count.cumsum(0) - count
+            mean = F.embedding_bag(flat, w_in, offsets, mode="mean")  # (B, d)
+            targets = torch.cat([words.unsqueeze(1), noise((words.numel(), cfg.negative), gen)], 1)
+            step, loss = negative_sampling_step(w_in, w_out, mean, targets, lr, cap)
+            damped_index_add(w_in, flat, step.repeat_interleave(count, dim=0), cap)  # each context word takes it all (C tool)
+            return loss, words.numel()
+
+        starts = list(range(0, ids.numel(), step_words))
+        if cfg.workers == 1:
+            results = [update(i, gen) for i in starts]
+        else:  # Hogwild (gensim's workers): each thread its share of the batches, updating the shared vectors unlocked
+            gens = [torch.Generator().manual_seed(cfg.seed * 7919 + 31 * epoch + w) for w in range(cfg.workers)]
+            with ThreadPoolExecutor(cfg.workers) as pool:
+                shares = pool.map(lambda w: [update(i, gens[w]) for i in starts[w :: cfg.workers]], range(cfg.workers))
+                results = [r for share in shares for r in share]
+        epoch_loss, epoch_n = sum(r[0] for r in results), sum(r[1] for r in results)
+        done += corpus.ids.size
+        losses.append(epoch_loss / max(1, epoch_n))
+        predictions += epoch_n
+        log.info("epoch %d: loss %.4f per prediction, %s predictions", epoch + 1, losses[-1], f"{epoch_n:,}")
+    return losses, predictions
 
 
 def parse_query(query: str) -> tuple[list[str], list[str]]:
