@@ -25,8 +25,8 @@ import numpy as np
 
 from ..atomic import atomic_directory
 from ..config import EOS_ID, PrepareConfig
-from .batching import shard_name
 from .corpus import CorpusError, numbered_lines, read_labelled, read_parallel
+from .shards import shard_name
 from .vocab import (
     CharVocab,
     SentencePieceVocab,
