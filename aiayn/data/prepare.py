@@ -348,6 +348,18 @@ def _text_pieces(path: str, start: int = 0, stop: int | None = None) -> Iterator
             return
 
 
+def _text_extent(path: str) -> tuple[int, int, int]:
+    """(characters, offset of the first non-blank character, offset of the last; −1 for none) of a text file
+    as :func:`_text_pieces` gives it, in one read that also checks every line."""
+    total, first, last = 0, -1, -1
+    for piece in _text_pieces(path):
+        if piece.strip():
+            first = first if first >= 0 else total + len(piece) - len(piece.lstrip())
+            last = total + len(piece.rstrip()) - 1
+        total += len(piece)
+    return total, first, last
+
+
 LM_CHUNK_CHARS = 1 << 20  # characters encoded at a time
 
 
@@ -369,25 +381,26 @@ def _prepare_lm(cfg: PrepareConfig, tmp: Path) -> dict:
     """Monolingual text → one token stream per split (documents separated by </s> when a corpus
     is given as JSONL/TSV lines; a plain text file is one document, as nanoGPT treats tiny Shakespeare).
 
-    Streamed: a first read checks every line and counts the characters (without --dev the last
-    ``valid_fraction`` of them is validation, cut where the count falls, as nanoGPT cuts), a second
+    Streamed: a first read checks every line, counts the characters and finds where the text is not blank
+    (without --dev the last ``valid_fraction`` of them is validation, cut where the count falls, as nanoGPT
+    cuts), a second
     builds the vocabulary (SentencePiece samples at most 2M lines), then each split is encoded
     ``LM_CHUNK_CHARS`` at a time into its token file. Memory does not grow with the text."""
-    if not Path(cfg.train).is_file():
-        raise CorpusError(f"{cfg.train}: no such file")
-    total = sum(len(piece) for piece in _text_pieces(cfg.train))
+    files = [cfg.train, *([cfg.dev] if cfg.dev else []), *(path for _, path in cfg.dev_sets())]
+    for path in files:
+        if not Path(path).is_file():
+            raise CorpusError(f"{path}: no such file")
+    extents = {path: _text_extent(path) for path in files}  # the one checking and counting read of each file
+    total, first, last = extents[cfg.train]
     cut = total if cfg.dev else int(total * (1 - cfg.valid_fraction))
     splits = {"train": (cfg.train, 0, cut), "valid": (cfg.dev, 0, None) if cfg.dev else (cfg.train, cut, None)}
     splits.update({f"valid.{name}": (path, 0, None) for name, path in cfg.dev_sets()})  # --more-dev
-    for split, (path, _, _) in splits.items():
-        if not Path(path).is_file():
-            raise CorpusError(f"{path}: no such file")
-    if not any(p.strip() for p in _text_pieces(*splits["train"])):
+    if not 0 <= first < cut:
         raise CorpusError(f"{cfg.train}: no text to train on (the file is empty or blank)")
-    for split, part in splits.items():
-        if split != "train" and not any(p.strip() for p in _text_pieces(*part)):
-            raise CorpusError(f"{part[0]}: no validation text" + (" (give --dev, or a larger --valid-fraction)"
-                                                                  if split == "valid" else ""))
+    for split, (path, start, _) in splits.items():
+        if split != "train" and extents[path][2] < start:  # no non-blank character from its start on
+            raise CorpusError(f"{path}: no validation text" + (" (give --dev, or a larger --valid-fraction)"
+                                                              if split == "valid" else ""))
     # Characters are counted over the whole text (line breaks are characters); SentencePiece learns from lines.
     vocab = _vocabulary(cfg, lambda: _text_pieces(*splits["train"]),
                         lines=lambda: (line for p in _text_pieces(*splits["train"]) for line in p.splitlines()))
