@@ -211,6 +211,16 @@ def test_details_of_a_batch_are_those_of_each_sentence_alone(arch):
     for a, b in zip(together, alone):
         assert {k: v for k, v in a.items() if k != "token_log_probs"} == {k: v for k, v in b.items() if k != "token_log_probs"}
         assert a["token_log_probs"] == pytest.approx(b["token_log_probs"], abs=1e-5)
-        ended, cut = sum(a["token_log_probs"]), sum(a["token_log_probs"][:-1])  # a hypothesis cut at the limit: no </s>
-        assert a["log_prob"] == pytest.approx(ended, abs=1e-4) or a["log_prob"] == pytest.approx(cut, abs=1e-4)
+        assert sum(a["token_log_probs"]) == pytest.approx(a["log_prob"], abs=1e-4)
+        # a hypothesis cut at the length limit has 8 tokens and no </s>; one that ended, fewer and its </s>
+        assert (a["tokens"][-1] == "</s>") == a["ended"] == (len(a["tokens"]) - a["ended"] < 8)
         assert len(a["alignment"]) == len(a["tokens"]) and max(a["alignment"]) < len(a["source_tokens"])
+    if arch == "rnnsearch":  # untrained, it never says </s> within 8 tokens: make it say so at once
+        model.output.bias.data[EOS_ID] += 5.0
+    greedy = Translator(model, vocab, DecodeConfig(beam=1, max_len_a=0, max_len_b=8))
+    seen = {a["ended"] for a in together}
+    for a in greedy.details(srcs, greedy.translate_ids(srcs)):
+        assert sum(a["token_log_probs"]) == pytest.approx(a["log_prob"], abs=1e-4)
+        assert (a["tokens"][-1] == "</s>") == a["ended"] == (len(a["tokens"]) - a["ended"] < 8)
+        seen.add(a["ended"])
+    assert seen == {True, False}  # both kinds were checked

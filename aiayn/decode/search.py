@@ -49,6 +49,7 @@ class Hypothesis:
     tokens: list[int]  # without BOS and EOS
     score: float  # log P / lp for beam search; log P for greedy
     log_prob: float
+    ended: bool = True  # False: cut at the length limit without </s> (log_prob then counts no </s>)
 
 
 @torch.no_grad()
@@ -80,9 +81,8 @@ def greedy_search(model, src: Tensor, max_len: Tensor) -> list[Hypothesis]:
     result = []
     for i in range(b):
         seq = out[i, : lengths[i]].tolist()
-        if seq and seq[-1] == EOS_ID:
-            seq = seq[:-1]
-        result.append(Hypothesis(seq, logps[i].item(), logps[i].item()))
+        ended = bool(seq) and seq[-1] == EOS_ID
+        result.append(Hypothesis(seq[:-1] if ended else seq, logps[i].item(), logps[i].item(), ended))
     return result
 
 
@@ -125,10 +125,14 @@ class _Finished:
         """(n,) score of each sentence's nbest-th finished hypothesis (-inf while there are fewer)."""
         return self.score[sent, -1]
 
-    def hypotheses(self) -> list[list[Hypothesis]]:
+    def hypotheses(self, limit: Tensor) -> list[list[Hypothesis]]:
+        """Per sentence, its finished hypotheses, best first. limit: (b,) the length limits: a hypothesis that
+        ended with </s> has fewer tokens than its sentence's limit (</s> took the last place at the latest),
+        one cut at the limit has exactly as many."""
         scores, logps, lens, toks = self.score.tolist(), self.log_prob.tolist(), self.length.tolist(), self.tokens.tolist()
-        return [[Hypothesis(toks[i][j][: lens[i][j]], s, logps[i][j]) for j, s in enumerate(row) if s > float("-inf")]
-                for i, row in enumerate(scores)]
+        limits = limit.tolist()
+        return [[Hypothesis(toks[i][j][: lens[i][j]], s, logps[i][j], lens[i][j] < limits[i])
+                 for j, s in enumerate(row) if s > float("-inf")] for i, row in enumerate(scores)]
 
 
 @torch.no_grad()
@@ -206,4 +210,4 @@ def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float
         state.reorder_beams(rows, keep)
         tokens = new_tok.unsqueeze(1)
 
-    return finished.hypotheses()
+    return finished.hypotheses(limit)

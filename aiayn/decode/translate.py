@@ -175,9 +175,10 @@ class Translator:
     def details(self, sources: list[list[int]], hyps: list[list[Hypothesis]]) -> list[dict]:
         """For each source and its n-best: the best translation's pieces, the log-probability of each of
         its tokens and of ``</s>`` (a forced-decoding pass over the hypothesis: they sum to its
-        ``log_prob``), and its alignment — for each target token, the source position (0-based; the
-        source's ``</s>`` is the last) that the last encoder-decoder attention layer weighs most, averaged
-        over heads (None for a model without attention)."""
+        ``log_prob``; a hypothesis cut at the length limit, ``ended`` false, has no ``</s>``), and its
+        alignment — for each target token, the source position (0-based; the source's ``</s>`` is the
+        last) that the last encoder-decoder attention layer weighs most, averaged over heads (None for a
+        model without attention)."""
         from ..model import recording_attention
 
         best = [nbest[0].tokens for nbest in hyps]
@@ -190,11 +191,12 @@ class Translator:
                 logp = forced_log_probs(self.model, [sources[i] for i in idx], [best[i] for i in idx], self.device)
             cross = [w for name, w in record.items() if name.endswith("cross_attn")]
             for row, i in enumerate(idx.tolist()):
-                n = len(best[i]) + 1  # the tokens and </s>
+                ended = hyps[i][0].ended  # a hypothesis cut at the length limit has no </s>
+                n = len(best[i]) + ended  # the tokens and </s>
                 alignment = cross[-1][row, :, :n].float().mean(0).argmax(-1).tolist() if cross else None  # (n,) over S
                 out[i] = {
                     "translation": self.vocab.decode(best[i]), "score": hyps[i][0].score, "log_prob": hyps[i][0].log_prob,
-                    "tokens": self.vocab.pieces(best[i], side="target") + ["</s>"],
+                    "ended": ended, "tokens": self.vocab.pieces(best[i], side="target") + ["</s>"] * ended,
                     "token_log_probs": logp[row, :n].tolist(), "source_tokens": self.vocab.pieces(sources[i]) + ["</s>"],
                     "alignment": alignment,
                     "nbest": [{"translation": self.vocab.decode(h.tokens), "score": h.score} for h in hyps[i]],
