@@ -553,8 +553,12 @@ class Word2VecConfig:
     min_alpha: float = option(0.0001, "final learning rate")
     workers: int = option(1, "threads training at once, each on its share of the batches, updating the shared "
                              "vectors without locks as gensim's workers do (faster; runs no longer repeat exactly)")
-    batch: int = option(2048, "predictions per update, about (larger: faster but staler, and unstable when too "
-                               "large; the C tool and gensim update after every prediction)")
+    engine: Literal["auto", "numba", "torch"] = option(
+        "auto", "numba: one prediction at a time, compiled (the C tool's and gensim's updates; needs numba, "
+                "aiayn[lineage]); torch: batched updates on PyTorch tensors; auto: numba when installed")
+    batch: int = option(2048, "predictions per update of the torch engine, about (larger: faster but staler, and "
+                               "unstable when too large; the numba engine, the C tool and gensim update after every "
+                               "prediction)")
     lowercase: bool = True
     seed: int = option(1, "random seed")
     overwrite: bool = option(False, "replace OUT if it is a word2vec directory aiayn wrote")

@@ -6,6 +6,7 @@ Each function writes one PNG with matplotlib (non-interactive backend) and retur
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import torch
@@ -157,7 +158,8 @@ def plot_attention(model, vocab, text: str, out: str | Path, kinds: tuple[str, .
     n_heads = rows[0][2].size(0)
     cols = [h for h in range(n_heads) if heads is None or h in heads]
     size = max(len(maps["src"]), len(maps["tgt"]))
-    cell = max(2.2, 0.22 * size)
+    few = len(rows) * len(cols) <= 2  # one or two panels (RNNsearch's one attention, a chosen head): larger
+    cell = max(4.5 if few else 2.2, (0.32 if few else 0.22) * size)
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(cell * len(cols), cell * len(rows)), squeeze=False)
     labels = {"encoder": (maps["src"], maps["src"]), "decoder": (["<s>"] + maps["tgt"][:-1], maps["tgt"]),
               "cross": (maps["src"], maps["tgt"])}
@@ -169,8 +171,10 @@ def plot_attention(model, vocab, text: str, out: str | Path, kinds: tuple[str, .
             ax.set_xticks(range(len(keys)), keys, rotation=90, fontsize=7)
             ax.set_yticks(range(len(queries)), queries, fontsize=7)
             ax.set_title(f"{kind} layer {layer} head {h}", fontsize=9)
-    fig.suptitle(f"{text}  →  {maps['translation']}", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the title above the panels
+    title = textwrap.fill(f"{text}  →  {maps['translation']}", width=max(30, int(11 * cell * len(cols))))
+    fig.suptitle(title, fontsize=10)
+    lines = title.count("\n") + 1
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.35 + 0.17 * (lines - 1)) / fig.get_figheight()))  # room for the title
     return save_figure(fig, out)
 
 

@@ -40,6 +40,17 @@ TRANSLATORS = {"rnn-seq2seq": "bible-es-en-rnn-seq2seq.yaml", "rnnsearch": "bibl
                "transformer": "bible-es-en-30min.yaml"}
 
 
+def throughput(log: list[dict], save_every: int) -> float:
+    """Target tokens per second of training: the median of the logged windows' rates, leaving out windows
+    with a checkpoint save in them (until 2026-12-07 the trainer's rate of such a window counted the tokens
+    of the whole window over the time since the save: too high)."""
+    import numpy as np
+
+    train = [r for r in log if r["kind"] == "train"]
+    rates = [r["tokens_per_s"] for prev, r in zip(train, train[1:]) if r["step"] // save_every == prev["step"] // save_every]
+    return float(np.median(rates or [r["tokens_per_s"] for r in train]))
+
+
 def mt_ladder(args) -> None:
     import numpy as np
 
@@ -73,8 +84,8 @@ def mt_ladder(args) -> None:
         model, vocab, _ = load_model_dir(average_checkpoints(ckpts, out / "averaged"))
         scores, _ = evaluate_translation(model, vocab, d / "test.tsv")
         log = [json.loads(line) for line in (out / "run" / "log.jsonl").read_text().splitlines()]
-        tgt_tokens_per_s = float(np.mean([r["tokens_per_s"] for r in log if r["kind"] == "train"][-5:]))
-        epochs = result["step"] * run.train.max_tokens / max(1, int(np.asarray(train_data.tgt_lens).sum()))
+        tgt_tokens_per_s = throughput(log, run.train.save_every)
+        epochs = tgt_tokens_per_s * result["elapsed"] / max(1, int(np.asarray(train_data.tgt_lens).sum()))
         params = count_parameters(model)
         row = {"model": name, "bleu": round(scores["bleu"], 2), "chrf": round(scores["chrf"], 2), "steps": result["step"],
                "train_seconds": round(result["elapsed"], 1), "parameters": params,

@@ -10,7 +10,17 @@ import pytest
 import torch
 
 from aiayn.config import ConfigError, Word2VecConfig
-from aiayn.word2vec import WordVectors, context_table, load, parse_query, save, tokenize, train_word2vec
+from aiayn.word2vec import (
+    WordVectors,
+    context_table,
+    kernel,
+    load,
+    negative_sampling_step,
+    parse_query,
+    save,
+    tokenize,
+    train_word2vec,
+)
 from aiayn.word2vec.vectors import gensim_test_file, spearman
 
 from .test_cli import aiayn
@@ -30,14 +40,21 @@ def synthetic_corpus(path, n=3000, seed=0):
     return path
 
 
+needs_numba = pytest.mark.skipif(not kernel.available(), reason="numba is not installed")
+ENGINES = ["torch", pytest.param("numba", marks=needs_numba)]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("model,workers", [("cbow", 1), ("skipgram", 1), ("cbow", 2), ("skipgram", 2)])
-def test_loss_falls_and_interchangeable_words_end_up_nearest(tmp_path, model, workers):
-    """One worker, or two threads updating the vectors at once (Hogwild, as gensim's workers): both learn."""
+def test_loss_falls_and_interchangeable_words_end_up_nearest(tmp_path, model, workers, engine):
+    """One worker, or two threads updating the vectors at once (Hogwild, as gensim's workers): both learn,
+    with either engine."""
     corpus = synthetic_corpus(tmp_path / "c.txt")
     cfg = Word2VecConfig(input=[str(corpus)], out=str(tmp_path / "v"), model=model, dim=16, epochs=4, min_count=1,
-                         sample=0, batch=256, seed=3, workers=workers)
+                         sample=0, batch=256, seed=3, workers=workers, engine=engine)
     threads = torch.get_num_threads()
     vectors, stats = train_word2vec(cfg)
+    assert stats["engine"] == engine
     assert torch.get_num_threads() == threads  # the workers' one thread each is given back
     assert stats["loss_per_epoch"][-1] < stats["loss_per_epoch"][0]
     assert vectors.most_similar(["cat"], topn=1)[0][0] == "dog"
@@ -122,6 +139,57 @@ def test_query_tokenizer_and_options():
         Word2VecConfig(input=["x"], out="o", workers=0)
     with pytest.raises(ConfigError, match="min-alpha"):
         Word2VecConfig(input=["x"], out="o", alpha=0.01, min_alpha=0.1)
+
+
+@needs_numba
+@pytest.mark.parametrize("model", ["skipgram", "cbow"])
+def test_compiled_updates_equal_the_torch_step_one_prediction_at_a_time(model):
+    """The numba kernel (one prediction at a time, each seeing the last one's vectors) equals the torch engine's
+    step applied to one prediction after another, where the two coincide: each prediction's targets differ
+    (the kernel updates a noise word twice named in one prediction twice in turn; a batch, once). The same
+    code, run as plain Python, gives the same vectors too."""
+    gen = torch.Generator().manual_seed(0)
+    V, d, k, P = 40, 24, 5, 300
+    w_in, w_out = torch.randn(V, d, generator=gen) * 0.3, torch.randn(V, d, generator=gen) * 0.3
+    targets = torch.stack([torch.randperm(V, generator=gen)[: 1 + k] for _ in range(P)])  # distinct in a row
+    if model == "skipgram":
+        inputs = torch.randint(0, V, (P,), generator=gen)
+        bounds, context = torch.arange(P + 1), inputs
+    else:  # bags of 1 … 6 context words (a word may repeat in a bag, as in a real window)
+        sizes = torch.randint(1, 7, (P,), generator=gen)
+        bounds = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+        context = torch.randint(0, V, (int(bounds[-1]),), generator=gen)
+    ref_in, ref_out, ref_loss = w_in.clone(), w_out.clone(), 0.0
+    for p in range(P):
+        bag = context[bounds[p] : bounds[p + 1]]
+        v = ref_in.index_select(0, bag).mean(0, keepdim=True)
+        step, loss = negative_sampling_step(ref_in, ref_out, v, targets[p : p + 1], 0.05)
+        ref_in.index_add_(0, bag, step.expand(bag.numel(), -1))  # every context word takes the whole step
+        ref_loss += loss
+    runs = {"compiled": (kernel.skipgram_chunk, kernel.cbow_chunk),
+            "as Python": (kernel.skipgram_chunk.py_func, kernel.cbow_chunk.py_func)}
+    for name, (sg, cbow) in runs.items():
+        a_in, a_out = w_in.clone().numpy(), w_out.clone().numpy()
+        if model == "skipgram":
+            loss = sg(a_in, a_out, inputs.numpy(), targets.numpy(), 0.05)
+        else:
+            loss = cbow(a_in, a_out, context.numpy(), bounds.numpy(), targets.numpy(), 0.05)
+        assert np.allclose(a_in, ref_in.numpy(), atol=2e-5), name
+        assert np.allclose(a_out, ref_out.numpy(), atol=2e-5), name
+        assert loss == pytest.approx(ref_loss, rel=1e-4), name
+        assert not np.allclose(a_out, w_out.numpy(), atol=1e-3)  # they did learn something
+
+
+def test_engine_choice(monkeypatch, tmp_path):
+    corpus = synthetic_corpus(tmp_path / "c.txt", n=50)
+    cfg = Word2VecConfig(input=[str(corpus)], out=str(tmp_path / "v"), min_count=1, dim=8, epochs=1)
+    monkeypatch.setattr(kernel, "available", lambda: False)
+    assert train_word2vec(cfg)[1]["engine"] == "torch"  # auto without numba
+    cfg.engine = "numba"
+    with pytest.raises(ValueError, match="--engine numba needs numba: pip install numba"):
+        train_word2vec(cfg)
+    with pytest.raises(ConfigError, match="engine"):
+        Word2VecConfig(input=["x"], out="o", engine="cython")
 
 
 def test_command_line(tmp_path):

@@ -322,11 +322,10 @@ class Service:
         ids = self._encode(req.items(), what="classify")
         t0 = time.perf_counter()
         probs = await self.call(class_probabilities, self.model, ids)
-        out = []
-        for row in probs.tolist():
-            best = max(range(len(row)), key=row.__getitem__)
-            out.append({"label": self.labels[best], "probability": round(row[best], 6),
-                        "probabilities": {label: round(p, 6) for label, p in zip(self.labels, row)}})
+        best = probs.argmax(-1).tolist()
+        out = [{"label": self.labels[c], "probability": round(row[c], 6),
+                "probabilities": {label: round(p, 6) for label, p in zip(self.labels, row)}}
+               for c, row in zip(best, probs.tolist())]
         return {"results": out, "milliseconds": round(1000 * (time.perf_counter() - t0), 1)}
 
     async def generate(self, req: GenerateRequest) -> dict[str, Any]:

@@ -53,6 +53,13 @@ class Feed:
             if self.block > m.max_positions and m.positional == "learned":
                 raise ConfigError(f"block_size {self.block} exceeds the model's max_positions {m.max_positions}")
 
+    def dev_sets(self) -> list[tuple[str, Any]]:
+        """The sets evaluated during training, (name, data), the main one first with the name "": the validation
+        tokens (a language model) or the dev split, then those of ``prepare --more-dev``."""
+        if self.kind == "lm":
+            return [("", self.valid_tokens), *self.more_valid.items()]
+        return [] if self.dev_data is None else [("", self.dev_data), *self.more_dev.items()]
+
     def _load_batches(self) -> None:
         """The batches of the current shard (or of the whole split) in this epoch's order."""
         if self._batches_at == (self.epoch, self.shard_pos):

@@ -266,34 +266,29 @@ class Trainer:
     # --- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, model: nn.Module | None = None) -> dict[str, float]:
-        """The dev metrics of ``model`` (the whole model, :meth:`whole_model`; default: the model trained)."""
+        """The dev metrics of ``model`` (the whole model, :meth:`whole_model`; default: the model trained): those
+        of the main dev set (``val_loss`` …), then of each ``--more-dev`` set NAME (``val_loss@NAME`` …)."""
         model = self.model if model is None else model
         model.eval()
         out: dict[str, float] = {}
-        if self.kind == "lm":  # the validation split, then --more-dev's, each logged as val_loss@NAME …
-            from ..evaluate import lm_validation
+        for name, data in self.feed.dev_sets():
+            at = f"@{name}" if name else ""
+            out.update({k + at: v for k, v in self._dev_metrics(model, name, data).items()})
+        return out
 
-            for name, tokens in [("", self.feed.valid_tokens), *self.feed.more_valid.items()]:
-                res = lm_validation(model, tokens, self.feed.block, self.cfg.eval_lm_tokens, self.device)
-                out.update({k + (f"@{name}" if name else ""): v for k, v in res.items()})
-            return out
-        if self.feed.dev_data is None:
-            return {}
+    def _dev_metrics(self, model: nn.Module, name: str, data: Any) -> dict[str, float]:
+        """The metrics of one dev set: loss and perplexity, with accuracy (classify) or greedy BLEU (translation)."""
+        from ..evaluate import classification_validation, corpus_loss, greedy_bleu, lm_validation
+
+        if self.kind == "lm":
+            return lm_validation(model, data, self.feed.block, self.cfg.eval_lm_tokens, self.device)
         if self.kind == "classify":
-            from ..evaluate import classification_validation
-
-            for name, data in [("", self.feed.dev_data), *self.feed.more_dev.items()]:
-                res = classification_validation(model, data, self.cfg.max_tokens, self.device)
-                out.update({k + (f"@{name}" if name else ""): v for k, v in res.items()})
-            return out
-        from ..evaluate import corpus_loss, greedy_bleu
-
-        for name, data in [("", self.feed.dev_data), *self.feed.more_dev.items()]:  # the main dev set, then the others
-            at, split = (f"@{name}", f"dev.{name}") if name else ("", "dev")
-            out.update({k + at: v for k, v in corpus_loss(model, data, self.cfg.max_tokens, self.device).items()})
-            if self.cfg.eval_bleu_sentences > 0:
-                out["val_bleu" + at] = greedy_bleu(model, self.vocab, Path(self.cfg.data) / f"{split}.txt.jsonl",
-                                                   self.cfg.eval_bleu_sentences, self.device, self.cfg.eval_beam)
+            return classification_validation(model, data, self.cfg.max_tokens, self.device)
+        out = corpus_loss(model, data, self.cfg.max_tokens, self.device)
+        if self.cfg.eval_bleu_sentences > 0:
+            split = f"dev.{name}" if name else "dev"
+            out["val_bleu"] = greedy_bleu(model, self.vocab, Path(self.cfg.data) / f"{split}.txt.jsonl",
+                                          self.cfg.eval_bleu_sentences, self.device, self.cfg.eval_beam)
         return out
 
     # --- checkpoints ------------------------------------------------------------------------
@@ -418,7 +413,8 @@ class Trainer:
 
         bar = tqdm(total=cfg.max_steps or None, initial=self.step, disable=None if self.rank == 0 else True,
                    unit="step", dynamic_ncols=True, mininterval=1.0)
-        window_tokens, window_start, last_metrics = 0.0, time.perf_counter(), {}
+        # tokens/s over the training steps of the logging window (evaluation and saving are not training time)
+        window_tokens, window_seconds, last_metrics = 0.0, 0.0, {}
         self.stopped_by: str | None = None
         from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -429,20 +425,20 @@ class Trainer:
                 t0 = time.perf_counter()
                 s = self.train_step()
                 self.elapsed += time.perf_counter() - t0
+                window_seconds += time.perf_counter() - t0
                 self.elapsed, stop = self.procs.agree(self.elapsed, signals.received is not None)
                 if stop:
                     self.stopped_by = signals.received or "another process"
                 window_tokens += s["tokens"]
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == 1:
-                    dt = time.perf_counter() - window_start
-                    rate = window_tokens / max(dt, 1e-9)
+                    rate = window_tokens / max(window_seconds, 1e-9)
                     bar.set_postfix(loss=f"{s['loss']:.3f}", lr=f"{s['lr']:.2e}", tok_s=f"{rate:,.0f}")
                     if bar.disable and self.rank == 0:
                         log.info("step %d: loss %.4f, lr %.3g, %s tokens/s", self.step, s["loss"], s["lr"], f"{rate:,.0f}")
                     self._log({"kind": "train", "step": self.step, "epoch": self.epoch, "time": round(self.elapsed, 2),
                                "loss": s["loss"], "nll": s["nll"], "lr": s["lr"], "tokens_per_s": rate})
-                    window_tokens, window_start = 0.0, time.perf_counter()
+                    window_tokens, window_seconds = 0.0, 0.0
                 if not math.isfinite(s["loss"]):
                     raise TrainingDiverged(f"step {self.step}: the loss is {s['loss']}; training diverged. The last "
                                            f"checkpoint in {self.out}/checkpoints is intact: lower train.lr (or lr_scale), "
@@ -458,7 +454,6 @@ class Trainer:
                             self.stopped_by, stop, final = "patience", True, True
                 if self.step % cfg.save_every == 0 or final:
                     self.save(last_metrics)
-                    window_start = time.perf_counter()  # evaluation and saving are not training time
                 if stop:
                     break
         bar.close()

@@ -18,11 +18,18 @@ frequency f is kept with probability (√(f/t) + 1)·t/f, 2013b §2.3), each wor
 uniformly from 1 … ``window`` (nearer words count more), and the learning rate decays linearly from
 ``alpha`` to ``min_alpha`` over the whole run.
 
-The updates are the gradient steps of the objective above, written out (no autograd), for ``batch``
-predictions at a time on PyTorch tensors: the original tool and gensim update after every single
-prediction, so a batch is a little staler than they are (benchmarks/word2vec_vs_gensim.py measures
-what that costs in quality and buys in speed). :mod:`aiayn.word2vec.vectors` holds the result:
-nearest neighbours, analogies, the word2vec text format, evaluation on word-similarity and analogy sets.
+The updates are the gradient steps of the objective above, written out (no autograd), by one of two
+engines that read the same predictions (the same subsampling, windows and noise words, drawn here):
+
+* ``numba`` (:mod:`aiayn.word2vec.kernel`, the default when Numba is installed): one prediction at a
+  time, each seeing the vectors the last one left — the original tool's and gensim's loop, compiled;
+* ``torch``: ``batch`` predictions at a time on PyTorch tensors, so a little staler than one at a time
+  (frequent words' summed updates are damped, :func:`damping`); the reference the kernel is tested
+  against, and the engine where Numba is not installed.
+
+benchmarks/word2vec_vs_gensim.py measures both against gensim. :mod:`aiayn.word2vec.vectors` holds the
+result: nearest neighbours, analogies, the word2vec text format, evaluation on word-similarity and
+analogy sets.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import torch.nn.functional as F
 
 from ..atomic import atomic_directory
 from ..config import Word2VecConfig
+from . import kernel
 from .vectors import WordVectors
 
 log = logging.getLogger(__name__)
@@ -178,27 +186,45 @@ def train_word2vec(cfg: Word2VecConfig) -> tuple[WordVectors, dict]:
     w_out = torch.zeros(V, d)
     log.info("word2vec %s: %s words (%s after min_count), %s types, %d epochs", cfg.model, f"{corpus.raw_words:,}",
              f"{corpus.ids.size:,}", f"{V:,}", cfg.epochs)
+    engine = cfg.engine if cfg.engine != "auto" else ("numba" if kernel.available() else "torch")
+    if engine == "numba":
+        if not kernel.available():
+            raise ValueError("--engine numba needs numba: pip install numba (or aiayn[lineage]), or use --engine torch")
+        _compile_kernels()  # a few seconds the first time on a machine (then cached on disk); not training time
     train_start = time.perf_counter()
     threads = torch.get_num_threads()
     if cfg.workers > 1:  # the workers are the parallelism: each runs its operations on one thread
         torch.set_num_threads(1)
     try:
-        losses, predictions = _epochs(cfg, corpus, w_in, w_out, gen)
+        losses, predictions = _epochs(cfg, corpus, w_in, w_out, gen, engine)
     finally:
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - train_start
     if not all(math.isfinite(x) for x in losses):
         raise FloatingPointError("word2vec diverged (non-finite loss): lower --alpha")
-    stats = {"words": corpus.raw_words, "vocabulary": V, "epochs": cfg.epochs, "predictions": predictions,
+    stats = {"engine": engine, "words": corpus.raw_words, "vocabulary": V, "epochs": cfg.epochs, "predictions": predictions,
              "loss_per_epoch": [round(x, 4) for x in losses], "read_seconds": round(read_s, 2),
              "train_seconds": round(seconds, 2), "words_per_second": round(cfg.epochs * corpus.raw_words / seconds)}
     return WordVectors(corpus.words, w_in.numpy(), corpus.counts), stats
 
 
+def _compile_kernels() -> None:
+    """Compile (or load from Numba's cache) the kernels, by calling them once on nothing."""
+    w = np.zeros((1, 1), dtype=np.float32)
+    none, targets = np.zeros(0, dtype=np.int64), np.zeros((0, 2), dtype=np.int64)
+    kernel.skipgram_chunk(w, w, none, targets, 0.0)
+    kernel.cbow_chunk(w, w, none, np.zeros(1, dtype=np.int64), targets, 0.0)
+
+
+COMPILED_CHUNK_WORDS = 10_000  # words per chunk of the numba engine (gensim's jobs are as large): one learning rate
+
+
 def _epochs(cfg: Word2VecConfig, corpus: Corpus, w_in: torch.Tensor, w_out: torch.Tensor,
-            gen: torch.Generator) -> tuple[list[float], int]:
+            gen: torch.Generator, engine: str = "torch") -> tuple[list[float], int]:
     """The training passes, updating ``w_in`` and ``w_out`` in place; (loss per prediction of each epoch,
     predictions made)."""
+    compiled = engine == "numba"
+    w_in_np, w_out_np = w_in.numpy(), w_out.numpy()  # the same memory
     noise = NoiseSampler(corpus.counts, gen)
     keep_t = torch.from_numpy(corpus.keep_probability(cfg.sample))
     total = cfg.epochs * corpus.ids.size  # words the learning rate decays over (before subsampling)
@@ -208,12 +234,17 @@ def _epochs(cfg: Word2VecConfig, corpus: Corpus, w_in: torch.Tensor, w_out: torc
         kept = torch.rand(corpus_ids.numel(), generator=gen, dtype=torch.float64) < keep_t[corpus_ids]
         ids = corpus_ids[kept]
         table = context_table(ids, corpus_sentence[kept], cfg.window, gen)  # (N, 2·window)
-        order = torch.randperm(ids.numel(), generator=gen)  # batches of words from all over the corpus
+        # The numba engine reads the corpus in order, as the C tool and gensim do (measured: in a random order its
+        # WordSim-353 fell by 0.05); the torch engine's batches take words from all over the corpus, so that
+        # one update does not hold the same verse's contexts many times over.
+        order = torch.arange(ids.numel()) if compiled else torch.randperm(ids.numel(), generator=gen)
         per_word = corpus.ids.size / max(1, ids.numel())  # corpus words (before subsampling) per kept word
         # ``batch`` predictions per update: skip-gram makes about window + 1 per word (2·E[b], b ∈ 1 … window).
         # Workers update at once: each batch's share of the damping cap is 1 / workers of it.
         cap = max(1, MAX_REPEATS // cfg.workers)
         step_words = cfg.batch if cfg.model == "cbow" else max(1, cfg.batch // (cfg.window + 1))
+        if compiled:  # one prediction at a time: a chunk only shares a learning rate
+            step_words = COMPILED_CHUNK_WORDS
 
         def update(i: int, gen: torch.Generator) -> tuple[float, int]:
             """The batch of words order[i : i + step_words]: one update; its summed loss and predictions."""
@@ -226,6 +257,8 @@ def _epochs(cfg: Word2VecConfig, corpus: Corpus, w_in: torch.Tensor, w_out: torc
                 centers = words.index_select(0, found // ctx.size(1))
                 targets_ = ctx.flatten().index_select(0, found)
                 targets = torch.cat([targets_.unsqueeze(1), noise((centers.numel(), cfg.negative), gen)], 1)
+                if compiled:
+                    return kernel.skipgram_chunk(w_in_np, w_out_np, centers.numpy(), targets.numpy(), lr), centers.numel()
                 step, loss = negative_sampling_step(w_in, w_out, w_in.index_select(0, centers), targets, lr, cap)
                 damped_index_add(w_in, centers, step, cap)
                 return loss, centers.numel()
@@ -234,9 +267,12 @@ def _epochs(cfg: Word2VecConfig, corpus: Corpus, w_in: torch.Tensor, w_out: torc
             rows = (count > 0).nonzero().squeeze(1)  # words with a context
             words, ctx, has, count = (t.index_select(0, rows) for t in (words, ctx, has, count))
             flat = ctx.flatten().index_select(0, has.flatten().nonzero().squeeze(1))  # the context words, bag after bag
+            targets = torch.cat([words.unsqueeze(1), noise((words.numel(), cfg.negative), gen)], 1)
+            if compiled:
+                bounds = F.pad(count.cumsum(0), (1, 0))  # bag p is flat[bounds[p] : bounds[p + 1]]
+                return kernel.cbow_chunk(w_in_np, w_out_np, flat.numpy(), bounds.numpy(), targets.numpy(), lr), words.numel()
             offsets = count.cumsum(0) - count
             mean = F.embedding_bag(flat, w_in, offsets, mode="mean")  # (B, d)
-            targets = torch.cat([words.unsqueeze(1), noise((words.numel(), cfg.negative), gen)], 1)
             step, loss = negative_sampling_step(w_in, w_out, mean, targets, lr, cap)
             damped_index_add(w_in, flat, step.repeat_interleave(count, dim=0), cap)  # each context word takes it all (C tool)
             return loss, words.numel()
