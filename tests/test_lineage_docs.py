@@ -57,3 +57,27 @@ def test_every_recipe_trains(tiny_data, recipe):
           "train.max_minutes=0", "train.eval_every=3", "train.save_every=3", "train.eval_bleu_sentences=2",
           "train.warmup=2")
     assert (out / "checkpoints" / "step_0000003" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=["en", "zh"])
+def test_measured_tables_quote_the_benchmark_results(page):
+    """The ladder's and the word2vec comparison's tables are the figures the benchmarks wrote (their JSON), so
+    the page and the measurement cannot drift apart."""
+    import json
+
+    text = page.read_text(encoding="utf-8")
+    results = ROOT / "benchmarks" / "results"
+    ladder = json.loads((results / "lineage_mt.json").read_text())
+    assert ladder["minutes"] == 30
+    for row in ladder["rows"]:
+        cells = [f"{row['bleu']:.2f}", f"{row['chrf']:.2f}", f"{row['steps']:,}", f"{row['target_tokens_per_second']:,}",
+                 f"{row['parameters']:,}"]
+        assert any(all(f" {c} |" in line or f"**{c}**" in line for c in cells) for line in text.splitlines()), row["model"]
+    w2v = json.loads((results / "word2vec_vs_gensim.json").read_text())
+    for row in w2v["rows"]:
+        m = row["mean"]
+        cells = [f"{m['words_per_second']:,.0f}", f"{m['wordsim353']:.4f}", f"{m['simlex999']:.4f}",
+                 f"{100 * m['analogy_accuracy']:.2f} %"]
+        assert any(all(c in line for c in cells) for line in text.splitlines()), (row["model"], row["implementation"])
+    for model, ratios in w2v["summary"].items():
+        assert f"{ratios['aiayn']['speed_ratio']:.2f}" in text, model
