@@ -424,8 +424,9 @@ class Trainer:
             while not self._done():
                 t0 = time.perf_counter()
                 s = self.train_step()
-                self.elapsed += time.perf_counter() - t0
-                window_seconds += time.perf_counter() - t0
+                step_seconds = time.perf_counter() - t0
+                self.elapsed += step_seconds
+                window_seconds += step_seconds
                 self.elapsed, stop = self.procs.agree(self.elapsed, signals.received is not None)
                 if stop:
                     self.stopped_by = signals.received or "another process"

@@ -135,8 +135,8 @@ MAX_REPEATS = 64  # see damped_index_add
 def damping(index: torch.Tensor, rows: int, cap: int = MAX_REPEATS) -> torch.Tensor:
     """Per entry of ``index``: 1, or cap / m for a row named m > ``cap`` times in one batch, which then takes
     cap / m of its summed updates (``cap``: MAX_REPEATS, shared out among workers that update at once).
-    One prediction at a time (the C tool, gensim), a word's
-    m updates each see the vector the last one left, and shrink as its predictions come right; summed
+    One prediction at a time (the C tool, gensim), a word's m updates each see the vector the last one
+    left, and shrink as its predictions come right; summed
     from one stale vector they overshoot instead, and a frequent word named hundreds of times in a
     batch (as a noise word, mostly) makes training diverge. Rows named fewer times — nearly all — are
     updated exactly as plain SGD would."""
