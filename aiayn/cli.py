@@ -421,7 +421,7 @@ def _decode_args(p: argparse.ArgumentParser, nbest: bool = False) -> None:
     from .config import DecodeConfig
     from .options import add_options
 
-    names = ["beam", "alpha", "max_len_a", "max_len_b", "max_tokens", "compute_type"] + (["nbest"] if nbest else [])
+    names = ["beam", "alpha", "stopping", "max_len_a", "max_len_b", "max_tokens", "compute_type"] + (["nbest"] if nbest else [])
     add_options(p.add_argument_group("search (§6.1)"), DecodeConfig, names)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = PyTorch's default)")
     _device_arg(p)

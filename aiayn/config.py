@@ -473,6 +473,10 @@ class DecodeConfig:
     max_len_a: float = option(1.0, "max output length = a·source length + b: a")
     max_len_b: int = option(50, "max output length = a·source length + b: b (§6.1: input + 50)")
     nbest: int = option(1, "the n best translations of each input")
+    stopping: Literal["bound", "count"] = option(
+        "bound", "when beam search stops a sentence: 'bound' once no alive hypothesis can still enter its n best "
+        "finished ones (tensor2tensor's exact early termination, §6.1), 'count' once `beam` hypotheses have "
+        "ended with </s> (fairseq; Hugging Face early_stopping=True; CTranslate2): fewer steps, may differ")
     max_tokens: int = option(4096, "source tokens per decoding batch (padding included)")
     max_input_tokens: int = 1024  # longer inputs are an error
     compute_type: Literal["float32", "bfloat16", "float16", "int8"] = option(

@@ -10,8 +10,11 @@ runs the same weights. Every engine gets the same batches: the first ``--sentenc
 split, sorted by source length and cut into batches of ``--batch`` sentences, already tokenized (the
 tokenizer is not timed). Maximum output length: source length + 50 (per sentence in aiayn, per batch
 in HF and CTranslate2, which only take one limit per call). Length penalty: aiayn's GNMT α = 0.6;
-HF and CTranslate2 take α = 0.6 in their own form (log P / |Y|^α). Each engine translates the first
-batch once untimed (warm-up), then everything, timed. Reported: target tokens per second (tokens
+HF and CTranslate2 take α = 0.6 in their own form (log P / |Y|^α). Stopping: every engine stops a
+sentence's beam search once k hypotheses have ended (HF ``early_stopping=True``, CTranslate2's default,
+aiayn ``stopping="count"``), so all do the same amount of search; ``aiayn-float32-bound`` is aiayn's
+default, exact stopping rule (``stopping="bound"``, more steps), measured beside them for information.
+Each engine translates the first batch once untimed (warm-up), then everything, timed. Reported: target tokens per second (tokens
 produced, </s> excluded), the ratio to HF and to CTranslate2 at the same precision, and each engine's
 sacreBLEU on those sentences. The last line is a one-line summary of the ratios.
 """
@@ -34,7 +37,7 @@ Batch = list[list[int]]
 Engine = Callable[[Batch], list[list[int]]]
 
 
-def _aiayn(model, compute_type: str, beam: int) -> Engine:
+def _aiayn(model, compute_type: str, beam: int, stopping: str = "count") -> Engine:
     from aiayn.accel import for_inference
     from aiayn.data.batching import source_tensor
     from aiayn.decode.search import beam_search, greedy_search, max_lengths
@@ -46,7 +49,7 @@ def _aiayn(model, compute_type: str, beam: int) -> Engine:
         limit = max_lengths(src)
         if beam == 1:
             return [h.tokens for h in greedy_search(m, src, limit)]
-        return [h[0].tokens for h in beam_search(m, src, limit, beam)]
+        return [h[0].tokens for h in beam_search(m, src, limit, beam, stopping=stopping)]
 
     return run
 
@@ -105,7 +108,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--beams", default="4,1", help="beam sizes to measure (1 = greedy)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--engines", default="aiayn-float32,aiayn-bfloat16,aiayn-int8,hf-float32,ct2-float32,ct2-int8")
+    ap.add_argument("--engines", default="aiayn-float32,aiayn-bfloat16,aiayn-int8,hf-float32,ct2-float32,ct2-int8,"
+                                          "aiayn-float32-bound")
     ap.add_argument("--workdir", default=str(ROOT / "runs" / "translate_speed"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "translate_speed.json"), help="results file")
     args = ap.parse_args()
@@ -147,7 +151,10 @@ def main() -> None:
         for name in engines:
             kind, ctype = name.split("-", 1)
             if kind == "aiayn":
-                engine = _aiayn(model, ctype, beam)
+                ctype, _, stopping = ctype.partition("-")
+                if stopping and beam == 1:
+                    continue  # greedy search has no stopping rule to vary
+                engine = _aiayn(model, ctype, beam, stopping or "count")
             elif kind == "hf":
                 engine = _hf(exported["hf"], beam)
             else:
@@ -161,7 +168,7 @@ def main() -> None:
 
     summary = {}
     for (name, beam), r in results.items():
-        if not name.startswith("aiayn"):
+        if not name.startswith("aiayn") or name.count("-") > 1:  # ratios at the same stopping rule only
             continue
         ctype = name.split("-", 1)[1]
         for peer in ("hf-float32", f"ct2-{ctype}"):

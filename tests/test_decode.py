@@ -52,6 +52,67 @@ def test_beam_search_is_exact_when_the_beam_holds_everything():
         assert h.score == pytest.approx(c[0], abs=1e-4)
 
 
+def fairseq_rule(model, src, limit, k, alpha):
+    """Beam search with fairseq's stopping rule, one sentence, written plainly: at each step the 2k best
+    continuations of the k beams; a </s> among the k best of them is a finished hypothesis, the k best others
+    are the next beams; stop once k hypotheses have finished or at the length limit (the beams end there)."""
+    beams, done = [([], 0.0)], []
+    for t in range(limit):
+        cands = []
+        for toks, logp in beams:
+            lp = model(source_tensor([src]), torch.tensor([[BOS_ID] + toks]))[0, -1].log_softmax(-1)
+            lp[0] = lp[2] = float("-inf")  # <pad>, <s>
+            cands += [(logp + lp[v].item(), toks, v) for v in range(lp.numel())]
+        cands.sort(key=lambda c: -c[0])
+        beams = []
+        for rank, (score, toks, v) in enumerate(cands[: 2 * k]):
+            if v == EOS_ID:
+                if rank < k:
+                    done.append((score / length_penalty(t + 1, alpha), toks))
+            elif len(beams) < k:
+                beams.append((toks + [v], score))
+        if t + 1 >= limit:
+            done += [(score / length_penalty(t + 1, alpha), toks) for toks, score in beams]
+        if len(done) >= k or t + 1 >= limit:
+            return sorted(done, key=lambda d: -d[0]), t + 1
+
+
+class CountSteps:
+    """A model that counts its decoding steps."""
+
+    def __init__(self, model):
+        self.model, self.steps = model, 0
+
+    def start(self, src, beams=1):
+        return self.model.start(src, beams=beams)
+
+    def step(self, tokens, state):
+        self.steps += 1
+        return self.model.step(tokens, state)
+
+
+def test_beam_search_that_stops_after_k_ended_is_fairseqs_rule():
+    """stopping="count" (fairseq, HF early_stopping=True, CTranslate2) = the rule written out, per sentence,
+    in a batch; "bound" never stops earlier than it needs to: its best is at least as good."""
+    model = random_model(vocab=10, seed=11)
+    srcs, k = sources(6, vocab=10, seed=4), 3
+    limits = torch.tensor([16, 17, 15, 18, 16, 17])
+    got = beam_search(model, source_tensor(srcs), limits, beam=k, alpha=0.6, nbest=2, stopping="count")
+    exact = beam_search(model, source_tensor(srcs), limits, beam=k, alpha=0.6, nbest=2)
+    for src, limit, hyps, best in zip(srcs, limits.tolist(), got, exact):
+        want, steps = fairseq_rule(model, src, limit, k, 0.6)
+        alone = CountSteps(model)
+        assert beam_search(alone, source_tensor([src]), torch.tensor([limit]), beam=k, alpha=0.6, nbest=2,
+                           stopping="count")[0][0].tokens == hyps[0].tokens
+        assert alone.steps == steps  # it stopped where the rule stops
+        assert [h.tokens for h in hyps] == [w[1] for w in want[:2]]
+        assert [h.score for h in hyps] == pytest.approx([w[0] for w in want[:2]], abs=1e-6)
+        assert best[0].score >= hyps[0].score - 1e-9
+    assert len({len(h[0].tokens) for h in got}) > 1  # sentences of several lengths, ended at different steps
+    with pytest.raises(ValueError, match="stopping"):
+        beam_search(model, source_tensor(srcs), limits, beam=k, stopping="never")
+
+
 @pytest.mark.parametrize("beam", [1, 4])
 def test_output_does_not_depend_on_the_batch(beam):
     model = random_model()

@@ -56,6 +56,17 @@ def test_translate_one_and_many_with_attention(client, model_dir):
     assert len(att["cross"][0][0]) == len(att["tgt_tokens"])  # (heads, T, S)
 
 
+def test_the_stopping_rule_reaches_the_search(client, monkeypatch):
+    import aiayn.decode.translate as translate
+
+    seen, search = [], translate.beam_search
+    monkeypatch.setattr(translate, "beam_search", lambda *a: seen.append(a[3:]) or search(*a))
+    for stopping in ("count", "bound"):
+        assert client.post("/translate", json={"text": "la casa", "beam_size": 3, "stopping": stopping}).status_code == 200
+    assert client.post("/translate", json={"text": "la casa", "beam_size": 2}).status_code == 200
+    assert seen == [(3, 0.6, 1, "count"), (3, 0.6, 1, "bound"), (2, 0.6, 1, "bound")]  # beam, α, nbest, stopping
+
+
 def test_bad_requests_get_clear_answers(client):
     assert client.post("/translate", content=b"{not json").status_code == 422
     assert client.post("/translate", json={}).status_code == 422
@@ -65,6 +76,7 @@ def test_bad_requests_get_clear_answers(client):
     assert r.status_code == 413 and "limit is 4" in r.json()["detail"]
     assert client.post("/translate", json={"text": "x" * 101}).status_code == 413
     assert client.post("/translate", json={"text": "a", "beam_size": 9}).status_code == 422
+    assert client.post("/translate", json={"text": "a", "stopping": "never"}).status_code == 422
     assert client.post("/generate", json={"prompt": "a"}).status_code == 400
     assert client.get("/health").status_code == 200  # still serving
 

@@ -8,6 +8,7 @@ which batch it was decoded in (tested). Finished sentences leave the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -136,17 +137,25 @@ class _Finished:
 
 
 @torch.no_grad()
-def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float = 0.6, nbest: int = 1) -> list[list[Hypothesis]]:
+def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float = 0.6, nbest: int = 1,
+                stopping: Literal["bound", "count"] = "bound") -> list[list[Hypothesis]]:
     """Batched beam search (§6.1: beam 4, α = 0.6, max length = input + 50, early termination).
 
     Alive hypotheses are ranked by log-probability; finished ones by log P / lp(|Y|), |Y| counting </s>.
-    A sentence stops as soon as no alive hypothesis can still beat its ``nbest``-th finished one: an
-    alive score can only fall, and lp grows with length, so log P_alive / lp(max_len) bounds it.
+    ``stopping="bound"`` (tensor2tensor's, the default): every </s> among a step's 2k candidates is a
+    finished hypothesis, and a sentence stops as soon as no alive hypothesis can still beat its
+    ``nbest``-th finished one: an alive score can only fall, and lp grows with length, so
+    log P_alive / lp(max_len) bounds it — the search the beam would make if it never stopped early.
+    ``stopping="count"`` (fairseq's; Hugging Face ``early_stopping=True``; CTranslate2): a </s> among the
+    k best candidates of a step is a finished hypothesis, and a sentence stops once k have finished —
+    fewer steps (a finished hypothesis is rarely beaten later), not always the same result.
     All bookkeeping is on tensors for the whole batch (no Python loop over sentences or hypotheses);
     finished sentences leave the batch. Returns, per sentence, the ``nbest`` best hypotheses (best first).
     """
     if nbest > beam:
         raise ValueError(f"nbest ({nbest}) cannot exceed the beam size ({beam})")
+    if stopping not in ("bound", "count"):
+        raise ValueError(f"stopping must be 'bound' or 'count', got {stopping!r}")
     dev = src.device
     b, k = src.size(0), beam
     # Rows [i*k, (i+1)*k) of the decoder's batch are sentence i's beams. What depends only on the source
@@ -160,6 +169,7 @@ def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float
     history = torch.full((b * k, steps), PAD_ID, dtype=torch.long, device=dev)  # tokens chosen so far
     tokens = torch.full((b * k, 1), BOS_ID, dtype=torch.long, device=dev)
     finished = _Finished(b, nbest, steps, dev)
+    n_ended = torch.zeros(b, dtype=torch.long, device=dev)  # per alive sentence: hypotheses ended (stopping="count")
     neg_inf = float("-inf")
 
     for t in range(steps):
@@ -173,12 +183,17 @@ def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float
         rows_2k = torch.arange(n, device=dev).unsqueeze(1) * k + idx // m  # the beam each candidate extends
         tok = beam_tok.view(n, k * m).gather(1, idx)
         is_eos = tok == EOS_ID
+        if stopping == "count":  # only the k best candidates may end (fairseq, Hugging Face)
+            ends = is_eos & (torch.arange(2 * k, device=dev) < k)
+            n_ended += ends.sum(1)
+        else:
+            ends = is_eos
         length = t + 1
         lp = length_penalty(float(length), alpha)
 
-        # Finished hypotheses: every </s> among the 2k candidates (tensor2tensor).
-        if bool(is_eos.any()):
-            eos_score = top.masked_fill(~is_eos, neg_inf)
+        # Finished hypotheses: every </s> among the 2k candidates (tensor2tensor), or among the k best.
+        if bool(ends.any()):
+            eos_score = top.masked_fill(~ends, neg_inf)
             finished.merge(alive, eos_score / lp, eos_score, history[rows_2k], t)
 
         # The k best candidates that did not end become the next beams.
@@ -194,16 +209,19 @@ def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float
             s = scores.masked_fill(~at_limit.unsqueeze(1), neg_inf)
             finished.merge(alive, s / lp, s, history.view(n, k, steps), length)
         # Done: at the limit, or no alive hypothesis can beat the nbest-th finished one any more.
-        bound = scores[:, 0] / length_penalty(limit[alive].float(), alpha)
-        worst = finished.worst(alive)
-        done = at_limit | ((worst > neg_inf) & (worst >= bound))
+        if stopping == "count":
+            done = at_limit | (n_ended >= k)
+        else:
+            bound = scores[:, 0] / length_penalty(limit[alive].float(), alpha)
+            worst = finished.worst(alive)
+            done = at_limit | ((worst > neg_inf) & (worst >= bound))
         if bool(done.all()):
             break
         keep = None
         if bool(done.any()):
             keep = (~done).nonzero().squeeze(1)
             keep_rows = (keep.unsqueeze(1) * k + torch.arange(k, device=dev)).view(-1)
-            alive, scores = alive[keep], scores[keep]
+            alive, scores, n_ended = alive[keep], scores[keep], n_ended[keep]
             history = history.index_select(0, keep_rows)
             rows = rows.view(n, k)[keep].view(-1)
             new_tok = new_tok.view(n, k)[keep].view(-1)

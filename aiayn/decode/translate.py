@@ -120,7 +120,8 @@ class Translator:
             if self.cfg.beam <= 1:
                 hyps = [[h] for h in greedy_search(self.model, src, max_len)]
             else:
-                hyps = beam_search(self.model, src, max_len, self.cfg.beam, self.cfg.alpha, self.cfg.nbest)
+                hyps = beam_search(self.model, src, max_len, self.cfg.beam, self.cfg.alpha, self.cfg.nbest,
+                                   self.cfg.stopping)
             for i, h in zip(todo, hyps):
                 results[i] = h
         return results

@@ -292,7 +292,8 @@ class MultiHeadAttention(nn.Module):
                 if memory is None:
                     raise ValueError("encoder-decoder attention needs the memory or a cache holding its keys/values")
                 k, v = self.project_memory(memory)
-                if static_kv and cache is not None:
+                if static_kv and cache is not None:  # kept for every step: stored per head, contiguous, so
+                    k, v = k.contiguous(), v.contiguous()  # a step's products read it in place (no copy)
                     cache.k, cache.v = k, v
 
         # Beam search keeps one copy of the memory's keys/values per sentence, not per beam: the

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -51,6 +51,7 @@ class TranslateRequest(_Texts):
     beam_size: int = Field(_DECODE.beam, ge=1, le=64)
     nbest: int = Field(_DECODE.nbest, ge=1, le=64)
     alpha: float = Field(_DECODE.alpha, ge=0.0, le=5.0)
+    stopping: Literal["bound", "count"] = _DECODE.stopping  # when beam search stops (DecodeConfig.stopping)
     return_attention: bool = False
 
     @model_validator(mode="after")
@@ -94,7 +95,7 @@ class _Job:
     """One /translate request in the queue: its encoded texts, search settings and answer."""
 
     ids: list[list[int]]
-    key: tuple  # search settings (beam, nbest, alpha): only jobs with the same key share a batch
+    key: tuple  # search settings (beam, nbest, alpha, stopping): only jobs with the same key share a batch
     future: asyncio.Future
     results: list[Any] = field(default_factory=list)
     next: int = 0  # texts before this one are taken (decoded or in the batch being decoded)
@@ -266,10 +267,11 @@ class Service:
             if j.done == len(j.ids):
                 _answer(j, result=j.results)
 
-    def _translate(self, ids: list[list[int]], beam: int, nbest: int, alpha: float) -> list[list[dict]]:
+    def _translate(self, ids: list[list[int]], beam: int, nbest: int, alpha: float, stopping: str) -> list[list[dict]]:
         from ..decode.translate import Translator
 
-        cfg = DecodeConfig(beam=beam, nbest=nbest, alpha=alpha, max_input_tokens=self.limits.max_tokens)
+        cfg = DecodeConfig(beam=beam, nbest=nbest, alpha=alpha, stopping=stopping,  # type: ignore[arg-type]
+                           max_input_tokens=self.limits.max_tokens)
         hyps = Translator(self.model, self.vocab, cfg).translate_ids(ids)
         return [[{"translation": self.vocab.decode(h.tokens), "score": round(h.score, 4), "tokens": h.tokens} for h in hs]
                 for hs in hyps]
@@ -280,7 +282,7 @@ class Service:
         ids = self._encode(texts, req.beam_size)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         t0 = time.perf_counter()
-        job = _Job(ids, (req.beam_size, req.nbest, req.alpha), fut, results=[None] * len(ids))
+        job = _Job(ids, (req.beam_size, req.nbest, req.alpha, req.stopping), fut, results=[None] * len(ids))
         self.pending.append(job)
         self.arrived.set()
         self.unanswered += 1
