@@ -427,14 +427,16 @@ def test_sampling_options_are_checked():
         generate_text(None, None, "x", SampleConfig(), stop=[""])
 
 
-def test_non_finite_activations_stop_decoding_with_an_error(small_run):
-    from aiayn.decode.translate import Translator
+@pytest.mark.parametrize("beam", [1, 4])
+@pytest.mark.parametrize("rows,scale", [(slice(None), 1e38), (7, float("nan"))])
+def test_non_finite_activations_stop_decoding_with_an_error(small_run, beam, rows, scale):
+    from aiayn.decode.translate import DecodeConfig, Translator
 
     model, vocab, _ = load_model_dir(small_run / "checkpoints" / "step_0000004")
     with torch.no_grad():
-        model.output.tied.weight.mul_(1e38)  # finite weights, infinite logits
+        model.output.tied.weight[rows] *= scale  # finite weights and infinite logits; or one word's logit NaN
     with pytest.raises(FloatingPointError, match="non-finite"):
-        Translator(model, vocab).translate(["la casa"])
+        Translator(model, vocab, DecodeConfig(beam=beam)).translate(["la casa"])
 
 
 def test_averaging_warns_when_it_reaches_into_early_training(small_run, caplog):

@@ -30,19 +30,24 @@ def max_lengths(src: Tensor, extra: int = 50, a: float = 1.0) -> Tensor:
     return (a * src_len).long() + extra
 
 
-def _next_token_scores(model, tokens: Tensor, state) -> tuple[Tensor, Tensor]:
-    """One decoder step → (logits with <pad> and <s> forbidden, log Σ exp logits), both per row.
+def _next_token_log_probs(model, tokens: Tensor, state) -> Tensor:
+    """One decoder step → log P(next token) per row (rows, V), <pad> and <s> set to −inf (never produced).
 
-    log P(y) = logit(y) − logsumexp(logits): the search ranks logits and subtracts the normaliser only for
-    the candidates it keeps, instead of writing out a full log-softmax of (rows × V).
+    One fused log-softmax per row (a row of the vocabulary stays in cache), rather than a log-sum-exp
+    over the whole (rows × V) block followed by a subtraction.
     """
-    logits = model.step(tokens, state)[:, -1].float()  # (rows, V)
-    lse = logits.logsumexp(-1, keepdim=True)  # (rows, 1)
-    if not bool(torch.isfinite(lse).all()):  # NaN/inf activations: never a silently empty or garbled output
+    logp = model.step(tokens, state)[:, -1].float().log_softmax(-1)  # (rows, V)
+    logp[:, PAD_ID] = float("-inf")
+    logp[:, BOS_ID] = float("-inf")
+    return logp
+
+
+def _check_finite(best: Tensor) -> None:
+    """best: each row's largest log-probability. NaN sorts above every number, and a row of −inf or NaN
+    logits has no finite log-probability: so this catches non-finite activations in any row — never a
+    silently empty or garbled output."""
+    if not bool(torch.isfinite(best).all()):
         raise FloatingPointError("the model produced non-finite scores (NaN or inf) while decoding")
-    logits[:, PAD_ID] = float("-inf")
-    logits[:, BOS_ID] = float("-inf")
-    return logits, lse
 
 
 @dataclass
@@ -64,9 +69,8 @@ def greedy_search(model, src: Tensor, max_len: Tensor) -> list[Hypothesis]:
     lengths = torch.zeros(b, dtype=torch.long, device=src.device)
     tokens = torch.full((b, 1), BOS_ID, dtype=torch.long, device=src.device)
     for t in range(out.size(1)):
-        logits, lse = _next_token_scores(model, tokens, state)  # (b, V), (b, 1)
-        best_logit, best = logits.max(-1)
-        best_lp = best_logit - lse.squeeze(1)
+        best_lp, best = _next_token_log_probs(model, tokens, state).max(-1)  # (b,), (b,)
+        _check_finite(best_lp)
         out[alive, t] = best
         logps[alive] += best_lp.double()
         done = (best == EOS_ID) | (t + 1 >= max_len[alive])
@@ -174,11 +178,12 @@ def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float
 
     for t in range(steps):
         n = alive.numel()
-        logits, lse = _next_token_scores(model, tokens, state)  # (n·k, V), (n·k, 1)
+        logp = _next_token_log_probs(model, tokens, state)  # (n·k, V)
         # The 2k best continuations of the sentence are among the 2k best of each of its beams.
-        m = min(2 * k, logits.size(-1))
-        beam_top, beam_tok = logits.topk(m, dim=-1)  # (n·k, m)
-        cand = (scores.view(-1, 1) + (beam_top - lse)).view(n, k * m)
+        m = min(2 * k, logp.size(-1))
+        beam_top, beam_tok = logp.topk(m, dim=-1)  # (n·k, m), best first
+        _check_finite(beam_top[:, 0])
+        cand = (scores.view(-1, 1) + beam_top).view(n, k * m)
         top, idx = cand.topk(2 * k, dim=-1)  # (n, 2k)
         rows_2k = torch.arange(n, device=dev).unsqueeze(1) * k + idx // m  # the beam each candidate extends
         tok = beam_tok.view(n, k * m).gather(1, idx)
