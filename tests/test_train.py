@@ -343,6 +343,21 @@ def test_the_papers_recipe_at_cpu_scale_is_the_papers(toy_data, tmp_path):
     assert train(run)["step"] == 2
 
 
+def test_the_post_ln_recipe_is_the_shipped_one_with_the_papers_norm_and_schedule():
+    """configs/bible-es-en-postln.yaml (docs/paper.md): the shipped model's recipe except the two things the
+    paper does differently — post-LN, and equation (3) with 4,000 warm-up steps at scale 1."""
+    from dataclasses import replace
+
+    shipped = load_run_config(ROOT / "configs" / "bible-es-en.yaml")
+    post = load_run_config(ROOT / "configs" / "bible-es-en-postln.yaml")
+    assert (post.model.norm, shipped.model.norm) == ("post", "pre")
+    assert replace(post.model, norm="pre") == shipped.model
+    t = post.train
+    assert (t.lr_schedule, t.warmup, t.lr_scale, t.adam_betas, t.adam_eps) == ("inverse_sqrt", 4000, 1.0, (0.9, 0.98), 1e-9)
+    assert replace(t, warmup=shipped.train.warmup, lr_scale=shipped.train.lr_scale, out=shipped.train.out,
+                   keep_last=shipped.train.keep_last) == shipped.train
+
+
 @pytest.mark.parametrize("name,preset,steps,keep", [("wmt14-en-de-base", "paper-base", 100000, 5),
                                                     ("wmt14-en-de-big", "paper-big", 300000, 20)])
 def test_the_paper_wmt_configs_load_build_and_train_two_steps(toy_data, tmp_path, name, preset, steps, keep):
