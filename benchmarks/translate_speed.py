@@ -100,6 +100,43 @@ def _time(engine: Engine, batches: list[Batch]) -> tuple[float, list[list[int]]]
     return time.perf_counter() - t0, outs
 
 
+PEERS = {"hf": "HF `generate` (exported Pegasus)", "ct2": "CTranslate2"}
+GOALS = {"hf": 1.5, "ct2": 1.0}  # the goals of issue 15: aiayn ≥ 1.5× HF and ≥ 1.0× CTranslate2 at the same precision
+
+
+def markdown(record: dict) -> str:
+    """The results as the tables docs/inference.md quotes (between its <!-- translate_speed.md --> markers)."""
+    tok, bleu, ratios = record["tok_s"], record["bleu"], record["ratios"]
+    m = record["machine"]
+    names = list(dict.fromkeys(key.split(" ", 1)[1] for key in tok))
+
+    def label(name: str) -> str:
+        kind, _, rest = name.partition("-")
+        ctype, _, stopping = rest.partition("-")
+        who = f"**aiayn {ctype}**" if kind == "aiayn" and not stopping else (
+            f"aiayn {ctype}, `stopping=\"{stopping}\"`" if kind == "aiayn" else f"{PEERS[kind]} {ctype}")
+        return who
+
+    def cell(table: dict, key: str, fmt: str) -> str:
+        return format(table[key], fmt) if key in table else "—"
+
+    lines = [f"{record['date']}, {m['cpu']} ({m['cores']} cores; {' '.join(m['features'])}), {record['threads']} threads, "
+             f"torch {record['torch']}; {record['sentences']} test verses, batches of {record['batch']}:", "",
+             "| engine | beam 4: tok/s | BLEU | greedy: tok/s | BLEU |", "|---|---:|---:|---:|---:|"]
+    for name in names:
+        lines.append(f"| {label(name)} | {cell(tok, 'beam4 ' + name, ',')} | {cell(bleu, 'beam4 ' + name, '.2f')} | "
+                     f"{cell(tok, 'beam1 ' + name, ',')} | {cell(bleu, 'beam1 ' + name, '.2f')} |")
+    lines += ["", "| ratio | beam 4 | greedy | goal |", "|---|---:|---:|---|"]
+    pairs = dict.fromkeys(key.split(" ", 1)[1] for key in ratios)
+    for pair in pairs:
+        ours, peer = pair.split("/")
+        goal = GOALS[peer.split("-")[0]]
+        got = [ratios.get(f"beam{b} {pair}") for b in (4, 1)]
+        shown = ["—" if r is None else f"{r:.2f} ✓" if r >= goal else f"{r:.2f}" for r in got]
+        lines.append(f"| {label(ours).strip('*')} / {label(peer)} | {shown[0]} | {shown[1]} | ≥ {goal} (✓ met) |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "models" / "bible-es-en"))
@@ -175,11 +212,13 @@ def main() -> None:
             if (peer, beam) in results:
                 summary[f"beam{beam} {name}/{peer}"] = round(r["tok_s"] / results[(peer, beam)]["tok_s"], 2)
     print("ratios: " + json.dumps(summary))
-    write_results("translate_speed", {"sentences": len(src), "batch": args.batch, "threads": args.threads,
-                                      "torch": torch.__version__,
-                                      "tok_s": {f"beam{b} {n}": round(r["tok_s"]) for (n, b), r in results.items()},
-                                      "bleu": {f"beam{b} {n}": round(r["bleu"], 2) for (n, b), r in results.items()},
-                                      "ratios": summary}, args.out)
+    path = write_results("translate_speed", {"sentences": len(src), "batch": args.batch, "threads": args.threads,
+                                             "torch": torch.__version__,
+                                             "tok_s": {f"beam{b} {n}": round(r["tok_s"]) for (n, b), r in results.items()},
+                                             "bleu": {f"beam{b} {n}": round(r["bleu"], 2) for (n, b), r in results.items()},
+                                             "ratios": summary}, args.out)
+    path.with_suffix(".md").write_text(markdown(json.loads(path.read_text())), encoding="utf-8")
+    print(f"table: {path.with_suffix('.md')}")
 
 
 if __name__ == "__main__":
