@@ -173,8 +173,7 @@ def plot_attention(model, vocab, text: str, out: str | Path, kinds: tuple[str, .
             ax.set_title(f"{kind} layer {layer} head {h}", fontsize=9)
     title = textwrap.fill(f"{text}  →  {maps['translation']}", width=max(30, int(11 * cell * len(cols))))
     fig.suptitle(title, fontsize=10)
-    lines = title.count("\n") + 1
-    fig.tight_layout(rect=(0, 0, 1, 1 - (0.35 + 0.17 * (lines - 1)) / fig.get_figheight()))  # room for the title
+    fig.tight_layout()  # makes room for the (wrapped) title above the panels
     return save_figure(fig, out)
 
 
