@@ -45,8 +45,8 @@ def main() -> None:
     steps = {int(p.name.split("_")[1]): p for p in run_checkpoints(run)}
     last = max(steps)
     n = args.equal_updates
-    equal = [steps[s] for s in sorted(steps) if n - 2000 <= s <= n and s % 500 == 0]  # as the shipped: 5 over 2,000 steps
-    final = [steps[s] for s in sorted(steps)[-5:]]
+    equal = [s for s in sorted(steps) if n - 2000 <= s <= n and s % 500 == 0]  # as the shipped: 5 over 2,000 steps
+    final = sorted(steps)[-5:]
 
     def score(directory: Path) -> dict:
         model, vocab, _ = load_model_dir(directory)
@@ -60,13 +60,13 @@ def main() -> None:
     rows.append({"model": "shipped (pre-LN, warm-up 1,000 steps to 1.2e-3)", "updates": shipped["step"],
                  "minutes": round(shipped["elapsed_seconds"] / 60), "dev_ppl": round(m["dev_ppl"], 2),
                  "dev_bleu": m["dev_bleu"], "test": score(Path(args.shipped)), "averaged": len(shipped["averaged"])})
-    for label, ckpts, step in (("post-LN, warm-up 4,000 steps to 9.9e-4: equal updates", equal, n),
-                               ("post-LN, warm-up 4,000 steps to 9.9e-4: equal time", final, last)):
-        avg = average_checkpoints(ckpts, run / f"averaged-{step}", overwrite=True)
+    for label, averaged, step in (("post-LN, warm-up 4,000 steps to 9.9e-4: equal updates", equal, n),
+                                  ("post-LN, warm-up 4,000 steps to 9.9e-4: equal time", final, last)):
+        avg = average_checkpoints([steps[s] for s in averaged], run / f"averaged-{step}", overwrite=True)
         rows.append({"model": label, "updates": step, "minutes": round(evals[step]["time"] / 60),
                      "dev_ppl": round(evals[step]["ppl"], 2), "dev_bleu": evals[step]["val_bleu"],
-                     "test": score(avg), "test_last_alone": score(steps[step]), "averaged": len(ckpts),
-                     "averaged_steps": [int(p.name.split("_")[1]) for p in ckpts]})
+                     "test": score(avg), "test_last_alone": score(steps[step]), "averaged": len(averaged),
+                     "averaged_steps": averaged})
     collapse = json.loads(Path(args.collapse).read_text())["rows"]
     last_layer = {r["name"]: r["variance"][-1] for r in collapse}
     curve = [{"step": s, "ppl": round(r["ppl"], 2), "bleu": r["val_bleu"]} for s, r in sorted(evals.items())]

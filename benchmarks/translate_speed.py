@@ -14,9 +14,10 @@ HF and CTranslate2 take α = 0.6 in their own form (log P / |Y|^α). Stopping: e
 sentence's beam search once k hypotheses have ended (HF ``early_stopping=True``, CTranslate2's default,
 aiayn ``stopping="count"``), so all do the same amount of search; ``aiayn-float32-bound`` is aiayn's
 default, exact stopping rule (``stopping="bound"``, more steps), measured beside them for information.
-Each engine translates the first batch once untimed (warm-up), then everything, timed. Reported: target tokens per second (tokens
-produced, </s> excluded), the ratio to HF and to CTranslate2 at the same precision, and each engine's
-sacreBLEU on those sentences. The last line is a one-line summary of the ratios.
+Each engine translates the first batch once untimed (warm-up), then everything, timed. Reported: target
+tokens per second (tokens produced, </s> excluded), the ratio to HF and to CTranslate2 at the same
+precision, and each engine's sacreBLEU on those sentences. The last line is a one-line summary of the
+ratios; the tables are also written as markdown beside the JSON (docs/inference.md quotes them).
 """
 
 from __future__ import annotations
@@ -100,6 +101,14 @@ def _time(engine: Engine, batches: list[Batch]) -> tuple[float, list[list[int]]]
     return time.perf_counter() - t0, outs
 
 
+def engine_name(name: str) -> tuple[str, str, str]:
+    """'aiayn-float32-bound' → ('aiayn', 'float32', 'bound'); 'ct2-int8' → ('ct2', 'int8', ''): who, compute
+    type, and (aiayn only) a stopping rule other than the peers' ``count``."""
+    kind, _, rest = name.partition("-")
+    ctype, _, stopping = rest.partition("-")
+    return kind, ctype, stopping
+
+
 PEERS = {"hf": "HF `generate` (exported Pegasus)", "ct2": "CTranslate2"}
 GOALS = {"hf": 1.5, "ct2": 1.0}  # the goals of issue 15: aiayn ≥ 1.5× HF and ≥ 1.0× CTranslate2 at the same precision
 
@@ -111,11 +120,10 @@ def markdown(record: dict) -> str:
     names = list(dict.fromkeys(key.split(" ", 1)[1] for key in tok))
 
     def label(name: str) -> str:
-        kind, _, rest = name.partition("-")
-        ctype, _, stopping = rest.partition("-")
-        who = f"**aiayn {ctype}**" if kind == "aiayn" and not stopping else (
-            f"aiayn {ctype}, `stopping=\"{stopping}\"`" if kind == "aiayn" else f"{PEERS[kind]} {ctype}")
-        return who
+        kind, ctype, stopping = engine_name(name)
+        if kind != "aiayn":
+            return f"{PEERS[kind]} {ctype}"
+        return f"aiayn {ctype}, `stopping=\"{stopping}\"`" if stopping else f"**aiayn {ctype}**"
 
     def cell(table: dict, key: str, fmt: str) -> str:
         return format(table[key], fmt) if key in table else "—"
@@ -186,9 +194,8 @@ def main() -> None:
     results: dict[tuple[str, int], dict] = {}
     for beam in (int(x) for x in args.beams.split(",")):
         for name in engines:
-            kind, ctype = name.split("-", 1)
+            kind, ctype, stopping = engine_name(name)
             if kind == "aiayn":
-                ctype, _, stopping = ctype.partition("-")
                 if stopping and beam == 1:
                     continue  # greedy search has no stopping rule to vary
                 engine = _aiayn(model, ctype, beam, stopping or "count")
@@ -205,9 +212,9 @@ def main() -> None:
 
     summary = {}
     for (name, beam), r in results.items():
-        if not name.startswith("aiayn") or name.count("-") > 1:  # ratios at the same stopping rule only
+        kind, ctype, stopping = engine_name(name)
+        if kind != "aiayn" or stopping:  # ratios at the same stopping rule only
             continue
-        ctype = name.split("-", 1)[1]
         for peer in ("hf-float32", f"ct2-{ctype}"):
             if (peer, beam) in results:
                 summary[f"beam{beam} {name}/{peer}"] = round(r["tok_s"] / results[(peer, beam)]["tok_s"], 2)

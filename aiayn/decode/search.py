@@ -174,6 +174,7 @@ def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float
     tokens = torch.full((b * k, 1), BOS_ID, dtype=torch.long, device=dev)
     finished = _Finished(b, nbest, steps, dev)
     n_ended = torch.zeros(b, dtype=torch.long, device=dev)  # per alive sentence: hypotheses ended (stopping="count")
+    may_end = torch.arange(2 * k, device=dev) < (k if stopping == "count" else 2 * k)  # the candidates a </s> ends
     neg_inf = float("-inf")
 
     for t in range(steps):
@@ -188,11 +189,8 @@ def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float
         rows_2k = torch.arange(n, device=dev).unsqueeze(1) * k + idx // m  # the beam each candidate extends
         tok = beam_tok.view(n, k * m).gather(1, idx)
         is_eos = tok == EOS_ID
-        if stopping == "count":  # only the k best candidates may end (fairseq, Hugging Face)
-            ends = is_eos & (torch.arange(2 * k, device=dev) < k)
-            n_ended += ends.sum(1)
-        else:
-            ends = is_eos
+        ends = is_eos & may_end  # "count": only the k best candidates may end (fairseq, Hugging Face)
+        n_ended += ends.sum(1)
         length = t + 1
         lp = length_penalty(float(length), alpha)
 

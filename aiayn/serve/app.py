@@ -267,11 +267,11 @@ class Service:
             if j.done == len(j.ids):
                 _answer(j, result=j.results)
 
-    def _translate(self, ids: list[list[int]], beam: int, nbest: int, alpha: float, stopping: str) -> list[list[dict]]:
+    def _translate(self, ids: list[list[int]], beam: int, nbest: int, alpha: float,
+                   stopping: Literal["bound", "count"]) -> list[list[dict]]:
         from ..decode.translate import Translator
 
-        cfg = DecodeConfig(beam=beam, nbest=nbest, alpha=alpha, stopping=stopping,  # type: ignore[arg-type]
-                           max_input_tokens=self.limits.max_tokens)
+        cfg = DecodeConfig(beam=beam, nbest=nbest, alpha=alpha, stopping=stopping, max_input_tokens=self.limits.max_tokens)
         hyps = Translator(self.model, self.vocab, cfg).translate_ids(ids)
         return [[{"translation": self.vocab.decode(h.tokens), "score": round(h.score, 4), "tokens": h.tokens} for h in hs]
                 for hs in hyps]
