@@ -25,3 +25,16 @@ def test_inference_docs_quote_the_translation_speed_run():
     page = (ROOT / "docs" / "inference.md").read_text(encoding="utf-8")
     quoted = re.findall(r"<!-- translate_speed\.md -->\n(.*?)<!-- /translate_speed\.md -->", page, flags=re.S)
     assert quoted == [table]
+
+
+def test_the_goal_column_says_met_only_when_every_ratio_reaches_it():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from translate_speed import goal_verdict
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert goal_verdict([1.53, 1.6], 1.5) == "met"
+    assert goal_verdict([1.53, 1.31], 1.5) == "not met (greedy)"
+    assert goal_verdict([0.95, 1.21], 1.0) == "not met (beam 4)"
+    assert goal_verdict([0.9, None], 1.0) == "not met (beam 4)"
+    assert goal_verdict([None, 1.0], 1.0) == "met"
