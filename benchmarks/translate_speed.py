@@ -94,6 +94,34 @@ def _ct2(path: Path, compute_type: str, beam: int, threads: int, vocab) -> Engin
     return run
 
 
+def _aiayn_encoder(model, compute_type: str) -> Engine:
+    """Only the encoder of aiayn's search (what ``model.start`` runs before the first step)."""
+    from aiayn.accel import for_inference
+    from aiayn.data.batching import source_tensor
+
+    m = for_inference(model, compute_type)
+    return lambda batch: [m.encode(source_tensor(batch))[0]]
+
+
+def _hf_encoder(path: Path) -> Engine:
+    """Only the encoder of HF's ``generate``, on the same input."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    from aiayn.config import EOS_ID, PAD_ID
+
+    encoder = AutoModelForSeq2SeqLM.from_pretrained(path).eval().get_encoder()
+
+    @torch.no_grad()
+    def run(batch: Batch) -> list:
+        ids = torch.full((len(batch), max(map(len, batch)) + 1), PAD_ID, dtype=torch.long)
+        for i, x in enumerate(batch):
+            ids[i, : len(x) + 1] = torch.tensor(x + [EOS_ID])
+        return [encoder(input_ids=ids, attention_mask=ids != PAD_ID).last_hidden_state]
+
+    return run
+
+
 def _time(engine: Engine, batches: list[Batch]) -> tuple[float, list[list[int]]]:
     engine(batches[0])  # warm-up
     t0 = time.perf_counter()
@@ -149,6 +177,13 @@ def markdown(record: dict) -> str:
         shown = ["—" if r is None else f"{r:.2f} ✓" if r >= goal else f"{r:.2f}" for r in got]
         lines.append(f"| {label(ours).strip('*')} / {label(peer)} | {shown[0]} | {shown[1]} | ≥ {goal}: "
                      f"{goal_verdict(got, goal)} |")
+    enc, secs = record.get("encoder_seconds", {}), record.get("seconds", {})
+    if {"aiayn-float32", "hf-float32"} <= enc.keys() and {"beam1 aiayn-float32", "beam1 hf-float32"} <= secs.keys():
+        ours, theirs = secs["beam1 aiayn-float32"], secs["beam1 hf-float32"]
+        lines += ["", f"The encoder alone, float32, the same batches: aiayn {enc['aiayn-float32']:.2f} s, HF "
+                      f"{enc['hf-float32']:.2f} s; in greedy search it is {enc['aiayn-float32'] / ours:.0%} of aiayn's "
+                      f"{ours:.2f} s and {enc['hf-float32'] / theirs:.0%} of HF's {theirs:.2f} s. Were aiayn's decoder "
+                      f"free, greedy float32 would be at most {theirs / enc['aiayn-float32']:.2f}× HF."]
     return "\n".join(lines) + "\n"
 
 
@@ -199,7 +234,8 @@ def main() -> None:
     print(f"{len(src)} sentences ({sum(map(len, ids))} source tokens), batch {args.batch}, {args.threads} threads, "
           f"torch {torch.__version__}")
     results: dict[tuple[str, int], dict] = {}
-    for beam in (int(x) for x in args.beams.split(",")):
+    beams = [int(x) for x in args.beams.split(",")]
+    for beam in beams:
         for name in engines:
             kind, ctype, stopping = engine_name(name)
             if kind == "aiayn":
@@ -217,6 +253,16 @@ def main() -> None:
             print(f"beam {beam}  {name:<15} {n_tok / seconds:8.0f} tok/s  {seconds:6.1f} s  {n_tok:6d} tokens  "
                   f"BLEU {bleu:5.2f}", flush=True)
 
+    # Where greedy search's time goes: the encoder (large float32 matrix products, the same BLAS for both) or
+    # the decoder's steps. Were aiayn's decoder free, its greedy time would be its encoder time: HF's greedy
+    # time over that is the ceiling of the ratio that faster decoding steps could reach.
+    encoder_s = {}
+    if "aiayn-float32" in engines and "hf-float32" in engines and 1 in beams:
+        with torch.no_grad():
+            encoder_s["aiayn-float32"] = _time(_aiayn_encoder(model, "float32"), batches)[0]
+            encoder_s["hf-float32"] = _time(_hf_encoder(exported["hf"]), batches)[0]
+        print("encoder alone: " + ", ".join(f"{k} {v:.2f} s" for k, v in encoder_s.items()))
+
     summary = {}
     for (name, beam), r in results.items():
         kind, ctype, stopping = engine_name(name)
@@ -230,7 +276,11 @@ def main() -> None:
                                              "torch": torch.__version__,
                                              "tok_s": {f"beam{b} {n}": round(r["tok_s"]) for (n, b), r in results.items()},
                                              "bleu": {f"beam{b} {n}": round(r["bleu"], 2) for (n, b), r in results.items()},
-                                             "ratios": summary}, args.out)
+                                             "ratios": summary,
+                                             "seconds": {f"beam{b} {n}": round(r["seconds"], 3)
+                                                         for (n, b), r in results.items()},
+                                             "encoder_seconds": {k: round(v, 3) for k, v in encoder_s.items()}},
+                         args.out)
     path.with_suffix(".md").write_text(markdown(json.loads(path.read_text())), encoding="utf-8")
     print(f"table: {path.with_suffix('.md')}")
 
