@@ -16,6 +16,11 @@ backward and the optimizer step, after ``--warmup`` untimed steps, in float32 an
 each model first runs all the batches once untimed (kernels for every batch shape), then the best of
 two runs counts. Reported: source + target tokens (padding excluded) per second, and the ratio
 aiayn / HF. The last line is a one-line summary of the ratios.
+
+Then one more pass of each side under ``torch.profiler`` gives the share of its step spent in matrix
+products (``aten::mm``, ``addmm``, ``bmm``, ``baddbmm``, oneDNN's linear): both sides call the same BLAS
+on the same shapes, so aiayn's ratio cannot exceed ``ratio / share`` (its step with every other operation
+free). Writes benchmarks/results/train_speed.{json,md}; docs/inference.md quotes the table.
 """
 
 from __future__ import annotations
@@ -24,12 +29,16 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import describe, write_results  # noqa: E402
+
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "mkldnn::_linear_pointwise")
+GOAL = 1.5  # issue 15: aiayn ≥ 1.5× HF at the same precision
 
 SHAPES = {  # name: ModelConfig overrides (post-LN: the paper's, and the one HF Marian has)
     "small": dict(preset="small", n_encoder_layers=6, n_decoder_layers=3),  # the shipped model's shape
@@ -109,7 +118,7 @@ def main() -> None:
     print(f"CPU: {describe()}")
     print(f"{args.steps} timed steps of ≤{args.max_tokens} tokens per side, {args.threads} threads, torch {torch.__version__}")
     print(f"batches: {1 - real / padded:.1%} padding; building one (bucketing + collate) takes {collate_ms:.1f} ms")
-    summary, tok_s, chosen = {}, {}, {}
+    summary, tok_s, chosen, gemm = {}, {}, {}, {}
     for shape in args.shapes.split(","):
         over = dict(SHAPES[shape])
         cfg = preset(over.pop("preset"), **over, vocab_size=8000, norm="post", dropout=0.1)
@@ -131,9 +140,48 @@ def main() -> None:
             summary[f"{shape} {dtype}"] = round(a / h, 2)
             tok_s[f"{shape} {dtype}"] = {"aiayn": round(a), "hf": round(h)}
             print(f"{shape:<10} {dtype:<8}  aiayn {a:7.0f} tok/s   HF Marian {h:7.0f} tok/s   ratio {a / h:.2f}x", flush=True)
+            gemm[f"{shape} {dtype}"] = {"aiayn": gemm_share(lambda: run(ours, ours_side, dtype)),
+                                        "hf": gemm_share(lambda: run(theirs, theirs_side, dtype))}
+            print(f"{'':<20} matrix products: {gemm[f'{shape} {dtype}']['aiayn']:.0%} of aiayn's step, "
+                  f"{gemm[f'{shape} {dtype}']['hf']:.0%} of HF's", flush=True)
     print("ratios aiayn/HF: " + json.dumps(summary))
-    write_results("train_speed", {"steps": args.steps, "max_tokens": args.max_tokens, "threads": args.threads,
-                                  "torch": torch.__version__, "accelerate": chosen, "tok_s": tok_s, "ratios": summary}, args.out)
+    path = write_results("train_speed", {"steps": args.steps, "max_tokens": args.max_tokens, "threads": args.threads,
+                                         "torch": torch.__version__, "accelerate": chosen, "tok_s": tok_s,
+                                         "ratios": summary, "gemm_share": gemm}, args.out)
+    path.with_suffix(".md").write_text(markdown(json.loads(path.read_text())), encoding="utf-8")
+    print(f"table: {path.with_suffix('.md')}")
+
+
+def gemm_share(step: Callable[[], object]) -> float:
+    """The share of ``step``'s operator time (self time, summed over threads' ops) spent in matrix products."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    return round(sum(e.self_cpu_time_total for e in events if e.key in GEMM_OPS) / total, 3)
+
+
+def markdown(record: dict) -> str:
+    """The results as the table docs/inference.md quotes (between its <!-- train_speed.md --> markers)."""
+    m = record["machine"]
+    lines = [f"{record['date']}, {m['cpu']} ({m['cores']} cores; {' '.join(m['features'])}), {record['threads']} "
+             f"threads, torch {record['torch']}; {record['steps']} timed steps of ≤ {record['max_tokens']:,} tokens a side:",
+             "", "| shape | precision | aiayn tok/s | HF Marian tok/s | aiayn / HF | matrix products: aiayn · HF "
+             f"| ceiling | goal ≥ {GOAL} |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for key, ratio in record["ratios"].items():
+        shape, dtype = key.split(" ")
+        tok, share = record["tok_s"][key], record.get("gemm_share", {}).get(key)
+        ceiling = ratio / share["aiayn"] if share else None
+        verdict = "met" if ratio >= GOAL else ("not met" if ceiling is None or ceiling >= GOAL
+                                                else "not met; out of reach (ceiling)")
+        lines.append(f"| {shape} | {'bf16 autocast' if dtype == 'bfloat16' else dtype} | {tok['aiayn']:,} | {tok['hf']:,} | "
+                     f"**{ratio:.2f}** | " + (f"{share['aiayn']:.0%} · {share['hf']:.0%} | {ceiling:.2f}" if share else "— | —")
+                     + f" | {verdict} |")
+    lines += ["", "Ceiling: the ratio aiayn would reach if everything but its matrix products took no time "
+                  "(ratio ÷ aiayn's share); both sides run the same products through the same BLAS."]
+    return "\n".join(lines) + "\n"
 
 
 class _NoVocab:

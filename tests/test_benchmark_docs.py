@@ -1,29 +1,34 @@
-"""docs/inference.md quotes the latest translation-speed run as the benchmark wrote it: the table between its
-<!-- translate_speed.md --> markers is benchmarks/results/translate_speed.md, which is the JSON's figures."""
+"""docs/inference.md quotes the latest translation- and training-speed runs as the benchmarks wrote them: the
+table between its <!-- translate_speed.md --> markers is benchmarks/results/translate_speed.md, which is the JSON's
+figures (and the same for train_speed)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def test_inference_docs_quote_the_translation_speed_run():
+@pytest.mark.parametrize("name", ["translate_speed", "train_speed"])
+def test_inference_docs_quote_the_speed_runs(name):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from translate_speed import markdown
+        markdown = importlib.import_module(name).markdown
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    record = json.loads((RESULTS / "translate_speed.json").read_text())
-    table = (RESULTS / "translate_speed.md").read_text(encoding="utf-8")
+    record = json.loads((RESULTS / f"{name}.json").read_text())
+    table = (RESULTS / f"{name}.md").read_text(encoding="utf-8")
     assert table == markdown(record)
     assert record["machine"]["cpu"] in table.splitlines()[0]  # the CPU it ran on, beside the figures
     page = (ROOT / "docs" / "inference.md").read_text(encoding="utf-8")
-    quoted = re.findall(r"<!-- translate_speed\.md -->\n(.*?)<!-- /translate_speed\.md -->", page, flags=re.S)
+    quoted = re.findall(rf"<!-- {name}\.md -->\n(.*?)<!-- /{name}\.md -->", page, flags=re.S)
     assert quoted == [table]
 
 
@@ -38,3 +43,23 @@ def test_the_goal_column_says_met_only_when_every_ratio_reaches_it():
     assert goal_verdict([0.95, 1.21], 1.0) == "not met (beam 4)"
     assert goal_verdict([0.9, None], 1.0) == "not met (beam 4)"
     assert goal_verdict([None, 1.0], 1.0) == "met"
+
+
+def test_the_training_table_says_when_the_goal_is_out_of_reach():
+    """ceiling = ratio ÷ aiayn's share of matrix products: below the goal, no speed-up outside them can reach it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from train_speed import markdown
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    record = {"date": "2026-12-07", "machine": {"cpu": "X", "cores": 2, "features": []}, "threads": 2,
+              "torch": "2", "steps": 20, "max_tokens": 2500,
+              "tok_s": {f"small {d}": {"aiayn": 100, "hf": 100} for d in ("float32", "bfloat16")} | {
+                  "base float32": {"aiayn": 160, "hf": 100}},
+              "ratios": {"small float32": 1.13, "small bfloat16": 1.41, "base float32": 1.6},
+              "gemm_share": {"small float32": {"aiayn": 0.8, "hf": 0.6}, "small bfloat16": {"aiayn": 0.6, "hf": 0.4},
+                             "base float32": {"aiayn": 0.9, "hf": 0.7}}}
+    rows = {line.split(" | ")[1]: line for line in markdown(record).splitlines() if line.startswith("| small |")}
+    assert rows["float32"].endswith("| 1.41 | not met; out of reach (ceiling) |")  # 1.13 / 0.8
+    assert rows["bf16 autocast"].endswith("| 2.35 | not met |")  # 1.41 / 0.6
+    assert "| **1.60** | 90% · 70% | 1.78 | met |" in markdown(record)

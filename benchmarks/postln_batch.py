@@ -1,0 +1,151 @@
+"""The paper's 25,000-token batches with post-LN (configs/bible-es-en-paper.yaml) against the same recipe at the
+shipped model's 2,500 tokens an update (configs/bible-es-en-postln.yaml; benchmarks/postln_recipe.py): dev
+perplexity, dev BLEU and how far the encoder keeps its positions apart (benchmarks/encoder_collapse.py), at equal
+updates and at equal data. Issue 17, item 6; docs/paper.md.
+
+Both runs read the same batches in the same order (2,500 target tokens each; an update of the paper's recipe
+is ten of them), so step s of the 25k run has seen the data of step 10·s of the 2.5k run (less the few batches
+left over at each epoch's end). Both follow equation (3) with 4,000 warm-up steps: at equal updates their
+learning rates are equal, at equal data the 2.5k run's is higher.
+
+    aiayn train configs/bible-es-en-paper.yaml          # resumable; max_minutes is the total training time
+    python benchmarks/encoder_collapse.py --run runs/bible-es-en-paper \\
+        --out benchmarks/results/paper/encoder_collapse_25k.json --plot docs/img/encoder_collapse_25k.png
+    python benchmarks/postln_batch.py                   # averages the last 5, scores the test split, writes the table
+    python benchmarks/paper_docs.py                     # copies the table into docs/paper.md and docs/zh/paper.md
+
+Writes benchmarks/results/paper/postln_batch.{json,md} and docs/img/postln_batch.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import describe, write_results  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "paper"
+ACCUMULATED = 10  # batches of 2,500 target tokens per update in the paper's recipe (update_freq)
+
+
+def last_layer(collapse: dict) -> dict[int, float]:
+    """{step: variance across positions after the last encoder layer} of an encoder_collapse.json (0 = init)."""
+    return {r["step"]: r["variance"][-1] for r in collapse["rows"] if not r.get("compare")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default=str(ROOT / "runs" / "bible-es-en-paper"))
+    ap.add_argument("--collapse", default=str(RESULTS / "encoder_collapse_25k.json"))
+    ap.add_argument("--baseline", default=str(RESULTS / "postln.json"), help="the 2.5k run's results")
+    ap.add_argument("--baseline-collapse", default=str(RESULTS / "encoder_collapse.json"))
+    ap.add_argument("--test", default=str(ROOT / "data" / "bible-es-en" / "test.tsv"))
+    ap.add_argument("--out", default=str(RESULTS / "postln_batch.json"))
+    ap.add_argument("--plot", default=str(ROOT / "docs" / "img" / "postln_batch.png"))
+    args = ap.parse_args()
+
+    import torch
+
+    from aiayn.config import DecodeConfig
+    from aiayn.evaluate import evaluate_translation
+    from aiayn.train.checkpoint import average_checkpoints, load_model_dir, run_checkpoints
+    from aiayn.train.optim import inverse_sqrt_lr
+
+    torch.set_num_threads(2)
+    print(f"CPU: {describe()}")
+    run = Path(args.run)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    evals = {r["step"]: r for r in log if r.get("kind") == "eval"}
+    trains = [r for r in log if r.get("kind") == "train"]
+    ours = last_layer(json.loads(Path(args.collapse).read_text()))
+    base = json.loads(Path(args.baseline).read_text())
+    base_dev = {r["step"]: r for r in base["dev_curve"]}
+    base_var = last_layer(json.loads(Path(args.baseline_collapse).read_text()))
+
+    rows = []
+    for step in sorted(set(evals) | set(ours)):
+        r = evals.get(step, {})
+        rows.append({"step": step, "lr": inverse_sqrt_lr(step, 256, 4000) if step else 0.0,
+                     "minutes": round(r["time"] / 60) if r else None,
+                     "dev_ppl": round(r["ppl"], 2) if r else None, "dev_bleu": r.get("val_bleu"),
+                     "variance": ours.get(step),
+                     "equal_updates": {"ppl": base_dev.get(step, {}).get("ppl"), "variance": base_var.get(step)},
+                     "equal_data": {"step": step * ACCUMULATED, "ppl": base_dev.get(step * ACCUMULATED, {}).get("ppl"),
+                                    "variance": base_var.get(step * ACCUMULATED)}})
+
+    steps = {int(p.name.split("_")[1]): p for p in run_checkpoints(run)}
+    last = sorted(steps)[-5:]
+    avg = average_checkpoints([steps[s] for s in last], run / f"averaged-{last[-1]}", overwrite=True)
+    model, vocab, _ = load_model_dir(avg)
+    scores, _ = evaluate_translation(model, vocab, args.test, DecodeConfig())
+    test = {"steps": last, "bleu": round(scores["bleu"], 2), "chrf": round(scores["chrf"], 2)}
+    print(f"test (average of steps {last}): BLEU {test['bleu']:.2f}, chrF2 {test['chrf']:.2f}")
+    rate = sum(r["tokens_per_s"] for r in trains[1:]) / max(1, len(trains) - 1)  # the first includes start-up
+    record = write_results("postln_batch", {
+        "run": f"runs/{run.name}", "updates": max(steps), "minutes": round(trains[-1]["time"] / 60),
+        "epochs": trains[-1]["epoch"], "target_tokens_per_s": round(rate), "rows": rows, "test": test,
+        "shipped_test_bleu": next(r["test"]["bleu"] for r in base["rows"] if r["model"].startswith("shipped"))},
+        args.out)
+    result = json.loads(record.read_text())
+    record.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+    print(markdown(result))
+    plot(result, base, base_var, args.plot)
+
+
+def _f(x, fmt: str) -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def markdown(r: dict) -> str:
+    m, t = r["machine"], r["test"]
+    lines = [f"Measured {r['date']} on {m['cpu']} ({m['cores']} cores), 2 threads: {r['updates']:,} updates of ≈ 25,000 "
+             f"target tokens in {r['minutes']} minutes of training ({r['epochs']} epochs, ≈ {r['target_tokens_per_s']:,} "
+             "target tokens/s). Dev: perplexity per word piece (teacher-forced, whole dev split) and greedy BLEU on its "
+             "first 200 verses; variance: across positions after the last encoder layer (normalised vectors; 0.8 in the "
+             "shipped pre-LN model). The 2.5k run's figures are from benchmarks/results/paper/postln.json and "
+             "encoder_collapse.json.", "",
+             "| updates | lr | minutes | dev ppl | dev BLEU | variance | 2.5k run, equal updates: ppl / variance "
+             "| 2.5k run, equal data: step, ppl / variance |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in r["rows"]:
+        eu, ed = row["equal_updates"], row["equal_data"]
+        lines.append(f"| {row['step']:,} | {row['lr']:.1e} | {_f(row['minutes'], 'd')} | {_f(row['dev_ppl'], '.1f')} | "
+                     f"{_f(row['dev_bleu'], '.2f')} | {_f(row['variance'], '.2g')} | "
+                     f"{_f(eu['ppl'], '.1f')} / {_f(eu['variance'], '.2g')} | "
+                     f"{ed['step']:,}: {_f(ed['ppl'], '.1f')} / {_f(ed['variance'], '.2g')} |")
+    lines += ["", f"Test split, the average of the last five checkpoints (steps {', '.join(f'{s:,}' for s in t['steps'])}), "
+                  f"beam 4, α = 0.6: sacreBLEU **{t['bleu']:.2f}**, chrF2 {t['chrf']:.2f} (shipped pre-LN model: "
+                  f"{r['shipped_test_bleu']:.2f})."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict, base: dict, base_var: dict[int, float], path: str) -> None:
+    """Dev perplexity and the last layer's variance against the data seen (in batches of 2,500 target tokens)."""
+    from aiayn.viz import pyplot, save_figure
+
+    plt = pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    dev = [(x["step"] * ACCUMULATED, x["dev_ppl"]) for x in r["rows"] if x["dev_ppl"] is not None]
+    var = [(x["step"] * ACCUMULATED, x["variance"]) for x in r["rows"] if x["variance"] is not None and x["step"]]
+    a.plot(*zip(*[(x["step"], x["ppl"]) for x in base["dev_curve"]]), "o-", ms=3, label="2,500 tokens an update")
+    a.plot(*zip(*dev), "s-", ms=3, label="25,000 tokens an update (the paper's)")
+    b.plot(*zip(*sorted((s, v) for s, v in base_var.items() if s)), "o-", ms=3, label="2,500 tokens an update")
+    b.plot(*zip(*var), "s-", ms=3, label="25,000 tokens an update (the paper's)")
+    for ax, title in ((a, "dev perplexity"), (b, "variance across positions, last encoder layer")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("data seen (batches of 2,500 target tokens)")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle("post-LN with equation (3), warm-up 4,000 updates: the paper's batch against a tenth of it", fontsize=10)
+    fig.tight_layout()
+    print(f"plot: {save_figure(fig, path)}")
+
+
+if __name__ == "__main__":
+    main()
