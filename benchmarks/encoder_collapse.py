@@ -81,8 +81,9 @@ def main() -> None:
         rows.append({"name": path.name, "step": config["step"], "variance": position_variance(model, src)})
     for path in args.compare:
         model, _, config = load_model_dir(path)
-        rows.append({"name": str(Path(path).relative_to(ROOT) if Path(path).resolve().is_relative_to(ROOT)
-                                 else path), "step": config.get("step"), "norm": model.cfg.norm,
+        where = Path(path).resolve()
+        rows.append({"name": str(where.relative_to(ROOT) if where.is_relative_to(ROOT) else path),
+                     "step": config.get("step"), "norm": model.cfg.norm,
                      "variance": position_variance(model, src), "compare": True})
     for r in rows:
         print(f"{r['name']:<28} " + " ".join(f"{v:8.2g}" for v in r["variance"]))
