@@ -378,8 +378,9 @@ def _joined(pieces: Iterable[str], size: int) -> Iterator[str]:
 
 
 def _prepare_lm(cfg: PrepareConfig, tmp: Path) -> dict:
-    """Monolingual text → one token stream per split (documents separated by </s> when a corpus
-    is given as JSONL/TSV lines; a plain text file is one document, as nanoGPT treats tiny Shakespeare).
+    """Monolingual plain text → one token stream per split, the file read as one document, as nanoGPT treats
+    tiny Shakespeare: with characters the line breaks are characters; with SentencePiece each line is
+    followed by </s> (:func:`encode_lm_text`).
 
     Streamed: a first read checks every line, counts the characters and finds where the text is not blank
     (without --dev the last ``valid_fraction`` of them is validation, cut where the count falls, as nanoGPT
