@@ -75,10 +75,16 @@ def plot_curves(run_dir: str | Path, out: str | Path, title: str | None = None) 
     return save_figure(fig, out)
 
 
+def step_minutes(train: list[dict]) -> tuple[list[int], list[float]]:
+    """(steps, training minutes) of a run's training records, from step 0 at minute 0 (the first record is the
+    end of the first step, seconds in): what the minutes axis of :func:`plot_curves` interpolates."""
+    kept = [r for r in train if r["step"] > 0]
+    return [0] + [r["step"] for r in kept], [0.0] + [r["time"] / 60 for r in kept]
+
+
 def _minutes_axis(ax, train: list[dict]) -> None:
     """A secondary x axis in training minutes, interpolated from the log."""
-    steps = [r["step"] for r in train]
-    mins = [r["time"] / 60 for r in train]
+    steps, mins = step_minutes(train)
     if len(steps) < 2:
         return
     import numpy as np

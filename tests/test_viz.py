@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from aiayn import viz
@@ -61,3 +62,11 @@ def _pixels(path):
     import matplotlib.image
 
     return matplotlib.image.imread(str(path))
+
+
+def test_the_minutes_axis_starts_at_step_0_minute_0():
+    """The first record is the end of step 1, seconds after the start: the axis still maps step 0 to minute 0."""
+    train = [{"step": 1, "time": 7.8}, {"step": 50, "time": 468.0}, {"step": 100, "time": 930.0}]
+    steps, minutes = viz.step_minutes(train)
+    assert steps == [0, 1, 50, 100]
+    assert minutes == pytest.approx([0.0, 0.13, 7.8, 15.5])
