@@ -32,9 +32,11 @@ def separate(toy, tmp_path_factory):
     d = tmp_path_factory.mktemp("separate")
     manifest = aiayn.prepare(train=str(toy["train"]), dev=str(toy["dev"]), test=str(toy["test"]),
                              out=str(d / "data"), vocab_size=60, separate_vocab=True, tgt_vocab_size=50)
-    train = {"data": str(d / "data"), "out": str(d / "run"), "max_steps": 400, "lr_schedule": "constant", "lr": 3e-3,
+    train = {"data": str(d / "data"), "out": str(d / "run"), "max_steps": 400, "lr_schedule": "constant", "lr": 2e-3,
              "warmup": 20, "label_smoothing": 0.0, "max_tokens": 300, "eval_bleu_sentences": 0, "threads": 1,
              "save_every": 200}
+    # lr 2e-3: at 3e-3 the run was unstable on a fresh environment of 2026-12-07 (8 of 20 test sentences exact at
+    # step 200, 2 at step 400); at 2e-3, 7 exact and BLEU 49.5 at step 400.
     model = {"preset": "tiny", "dropout": 0.0, "tie": "two_way"}
     result = aiayn.fit(model=model, train=train)
     return d, manifest, result
