@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe, write_results  # noqa: E402
+from machine import GOALS, describe, write_results  # noqa: E402
 
 Batch = list[list[int]]
 Engine = Callable[[Batch], list[list[int]]]
@@ -55,6 +55,18 @@ def _aiayn(model, compute_type: str, beam: int, stopping: str = "count") -> Engi
     return run
 
 
+def _hf_input(batch: Batch):
+    """A batch of source ids as HF's model takes them: each followed by </s>, padded with <pad>: (B, S + 1)."""
+    import torch
+
+    from aiayn.config import EOS_ID, PAD_ID
+
+    ids = torch.full((len(batch), max(map(len, batch)) + 1), PAD_ID, dtype=torch.long)
+    for i, x in enumerate(batch):
+        ids[i, : len(x) + 1] = torch.tensor(x + [EOS_ID])
+    return ids
+
+
 def _hf(path: Path, beam: int) -> Engine:
     import torch
     from transformers import AutoModelForSeq2SeqLM
@@ -65,10 +77,8 @@ def _hf(path: Path, beam: int) -> Engine:
 
     @torch.no_grad()
     def run(batch: Batch) -> list[list[int]]:
-        n = max(map(len, batch)) + 1
-        ids = torch.full((len(batch), n), PAD_ID, dtype=torch.long)
-        for i, x in enumerate(batch):
-            ids[i, : len(x) + 1] = torch.tensor(x + [EOS_ID])
+        ids = _hf_input(batch)
+        n = ids.size(1)
         out = hf.generate(input_ids=ids, attention_mask=ids != PAD_ID, num_beams=beam, do_sample=False,
                           length_penalty=0.6, max_new_tokens=n - 1 + 50, early_stopping=True)
         res = []
@@ -108,15 +118,13 @@ def _hf_encoder(path: Path) -> Engine:
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
-    from aiayn.config import EOS_ID, PAD_ID
+    from aiayn.config import PAD_ID
 
     encoder = AutoModelForSeq2SeqLM.from_pretrained(path).eval().get_encoder()
 
     @torch.no_grad()
     def run(batch: Batch) -> list:
-        ids = torch.full((len(batch), max(map(len, batch)) + 1), PAD_ID, dtype=torch.long)
-        for i, x in enumerate(batch):
-            ids[i, : len(x) + 1] = torch.tensor(x + [EOS_ID])
+        ids = _hf_input(batch)
         return [encoder(input_ids=ids, attention_mask=ids != PAD_ID).last_hidden_state]
 
     return run
@@ -138,7 +146,6 @@ def engine_name(name: str) -> tuple[str, str, str]:
 
 
 PEERS = {"hf": "HF `generate` (exported Pegasus)", "ct2": "CTranslate2"}
-GOALS = {"hf": 1.5, "ct2": 1.0}  # the goals of issue 15: aiayn ≥ 1.5× HF and ≥ 1.0× CTranslate2 at the same precision
 
 
 def goal_verdict(ratios: list[float | None], goal: float) -> str:

@@ -16,13 +16,18 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-@pytest.mark.parametrize("name", ["translate_speed", "train_speed"])
-def test_inference_docs_quote_the_speed_runs(name):
+def benchmark(name: str):
+    """The module benchmarks/<name>.py (the benchmarks import their neighbours, so their folder is on the path)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        markdown = importlib.import_module(name).markdown
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+
+
+@pytest.mark.parametrize("name", ["translate_speed", "train_speed"])
+def test_inference_docs_quote_the_speed_runs(name):
+    markdown = benchmark(name).markdown
     record = json.loads((RESULTS / f"{name}.json").read_text())
     table = (RESULTS / f"{name}.md").read_text(encoding="utf-8")
     assert table == markdown(record)
@@ -33,11 +38,7 @@ def test_inference_docs_quote_the_speed_runs(name):
 
 
 def test_the_goal_column_says_met_only_when_every_ratio_reaches_it():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from translate_speed import goal_verdict
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    goal_verdict = benchmark("translate_speed").goal_verdict
     assert goal_verdict([1.53, 1.6], 1.5) == "met"
     assert goal_verdict([1.53, 1.31], 1.5) == "not met (greedy)"
     assert goal_verdict([0.95, 1.21], 1.0) == "not met (beam 4)"
@@ -47,11 +48,7 @@ def test_the_goal_column_says_met_only_when_every_ratio_reaches_it():
 
 def test_the_training_table_says_when_the_goal_is_out_of_reach():
     """ceiling = ratio ÷ aiayn's share of matrix products: below the goal, no speed-up outside them can reach it."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from train_speed import markdown
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    markdown = benchmark("train_speed").markdown
     record = {"date": "2026-12-07", "machine": {"cpu": "X", "cores": 2, "features": []}, "threads": 2,
               "torch": "2", "steps": 20, "max_tokens": 2500,
               "tok_s": {f"small {d}": {"aiayn": 100, "hf": 100} for d in ("float32", "bfloat16")} | {
