@@ -4,6 +4,7 @@ the plain one — training values and gradients, and decoding token for token.""
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -162,3 +163,42 @@ def test_an_old_cache_entry_is_measured_again(tmp_path, monkeypatch):
     monkeypatch.setattr(choose, "measure", lambda: Choices(preallocated_cache=True))
     choose._MEMO.clear()
     assert choices() == Choices(preallocated_cache=True)
+
+
+def test_a_cache_entry_of_an_earlier_measurement_is_measured_again(tmp_path, monkeypatch):
+    """The key names the measurement's VERSION: an entry that an earlier measurement wrote (same CPU, same
+    fields, e.g. bf16 decoding's wrong choice from timing one repeated shape) is not used."""
+    import json
+
+    from aiayn.accel import choose
+
+    monkeypatch.setenv("AIAYN_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("AIAYN_ACCEL", raising=False)
+    old_key = choose.cpu_key().replace(f" measure v{choose.VERSION}", "")
+    assert old_key != choose.cpu_key()
+    (tmp_path / "accel.json").write_text(json.dumps({old_key: asdict(Choices(explicit_decoding_bf16=True))}))
+    monkeypatch.setattr(choose, "measure", lambda: Choices(preallocated_cache=True))
+    choose._MEMO.clear()
+    assert choices() == Choices(preallocated_cache=True)
+    assert set(json.loads((tmp_path / "accel.json").read_text())) == {old_key, choose.cpu_key()}  # the old kept
+
+
+def test_the_decoding_measurement_meets_new_shapes_as_decoding_does():
+    from aiayn.accel.choose import decoding_walk
+
+    walks = [decoding_walk(torch.bfloat16) for _ in range(3)]
+    shapes = [{(q.shape, k.shape) for q, k, _, _ in w} for w in walks]
+    assert all(len(s) == 8 for s in shapes)  # sentences finish: 8 alive counts, one call per decoder layer
+    assert not (shapes[0] & shapes[1]) and not (shapes[1] & shapes[2])  # each walk a source length not met
+    q, k, v, mask = walks[0][0]
+    assert q.shape == (32, 4, 4, 64) and k.shape[2] == mask.shape[-1] and not mask.all() and mask.any(-1).all()
+
+
+def test_measured_paths_take_turns():
+    """Timed one after the other, the first path pays the process's warm-up (it made oneDNN look faster
+    than MKL for training products early in a process); the paths alternate in every round."""
+    from aiayn.accel.choose import _best_times
+
+    order: list[str] = []
+    times = _best_times([lambda: order.append("fast"), lambda: order.append("plain")], repeat=3)
+    assert order == ["fast", "plain"] * 4 and len(times) == 2 and all(t >= 0 for t in times)

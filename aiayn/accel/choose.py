@@ -4,8 +4,15 @@ The project's machines are not one CPU: on an AMD Zen 4, oneDNN's float32 GEMM i
 Intel Xeon with AMX, MKL's float32 is twice Zen 4's and the difference may vanish or reverse. A constant
 measured on one of them is wrong on the other, so each fast path is timed against the plain PyTorch call
 it replaces, on a shape typical of the work (a few milliseconds in all), and used only where it is at
-least ``MARGIN`` faster. The answers are cached per CPU model, ISA features, PyTorch version and thread
-count in ``~/.cache/aiayn/accel.json`` (``AIAYN_CACHE_DIR`` moves it), so each machine measures once.
+least ``MARGIN`` faster. The answers are cached per CPU model, ISA features, PyTorch version, thread
+count and :data:`VERSION` of this measurement in ``~/.cache/aiayn/accel.json`` (``AIAYN_CACHE_DIR`` moves
+it), so each machine measures once, and again when the measurement changes.
+
+A measurement must meet the shapes as the real work meets them. Decoding changes shape almost every step
+(sentences finish, the next batch has other source lengths), and bf16 products go through oneDNN, which
+pays a set-up the first time it meets a shape: timed on one repeated shape, equation (1) looked 1.3–1.9×
+faster than SDPA for bf16 decoding on a Zen 4, while end to end it was ≈ 15 % slower. So the decoding
+choice is timed over :func:`decoding_walk`, a batch's walk through shapes this process has not met.
 
 ``AIAYN_ACCEL=off`` turns every fast path off; ``AIAYN_ACCEL=on`` turns on every one that is available
 (no measuring): for comparisons and tests.
@@ -13,6 +20,7 @@ count in ``~/.cache/aiayn/accel.json`` (``AIAYN_CACHE_DIR`` moves it), so each m
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -24,8 +32,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 MARGIN = 1.05  # a fast path must be at least 5 % faster to be used
+VERSION = 2  # of measure(): part of the cache key, so a machine measures again when the measurement changes
 
 
 @dataclass(frozen=True)
@@ -89,7 +99,7 @@ def cpu_key() -> str:
     """CPU model, the ISA features that matter here, PyTorch version and threads."""
     name, flags = cpu_info()
     isa = "+".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
-    return f"{name} [{isa}] torch {torch.__version__} threads {torch.get_num_threads()}"
+    return f"{name} [{isa}] torch {torch.__version__} threads {torch.get_num_threads()} measure v{VERSION}"
 
 
 def _cache_path() -> Path:
@@ -97,14 +107,39 @@ def _cache_path() -> Path:
     return Path(root) / "accel.json"
 
 
-def _best_time(fn: Callable[[], object], repeat: int = 7) -> float:
-    fn()  # warm-up: kernels, allocations
-    best = math.inf
+def _best_times(fns: list[Callable[[], object]], repeat: int = 7) -> list[float]:
+    """Each function's best time over ``repeat`` rounds, the functions taking turns in every round (timed
+    one after the other, the first would pay the process's warm-up: early in a process, MKL's float32
+    training product looked slower than oneDNN's, later 20 % faster)."""
+    for fn in fns:
+        fn()  # warm-up: kernels, allocations
+    best = [math.inf] * len(fns)
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
     return best
+
+
+_FRESH_SOURCE_LENGTH = itertools.count(17)  # each walk's source length: one this process has not decoded
+
+
+def decoding_walk(dtype: torch.dtype, heads: int = 4, beams: int = 4, d_k: int = 64, layers: int = 6,
+                  ) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """The encoder-decoder attention calls of one batch's beam search, as :class:`aiayn.accel.FastAttention`
+    meets them: a fresh source length S, 32 sentences of which fewer stay alive as the steps go
+    (32, 24, 16, 12, 8, 4, 2, 1), each sentence's ``beams`` queries as one group, one call per decoder
+    layer. Returns (q (N, h, beams, d_k), k, v (N, h, S, d_k), key-padding mask (N, 1, 1, S)) per call."""
+    s = next(_FRESH_SOURCE_LENGTH)
+    calls = []
+    for n in (32, 24, 16, 12, 8, 4, 2, 1):
+        q = torch.randn(n, heads, beams, d_k, dtype=dtype)
+        k, v = torch.randn(n, heads, s, d_k, dtype=dtype), torch.randn(n, heads, s, d_k, dtype=dtype)
+        mask = torch.ones(n, 1, 1, s, dtype=torch.bool)
+        mask[n // 2 :, ..., s - s // 4 :] = False  # half the sentences are shorter: padding
+        calls += [(q, k, v, mask)] * layers
+    return calls
 
 
 def measure() -> Choices:
@@ -113,7 +148,8 @@ def measure() -> Choices:
     from .linear import AVAILABLE, linear
 
     def faster(fast: Callable[[], object], plain: Callable[[], object], repeat: int = 7) -> bool:
-        return _best_time(plain, repeat) > MARGIN * _best_time(fast, repeat)
+        t_fast, t_plain = _best_times([fast, plain], repeat)
+        return t_plain > MARGIN * t_fast
 
     torch.manual_seed(0)
     with torch.enable_grad():  # a training step's FFN-sized product, forward and backward
@@ -126,10 +162,9 @@ def measure() -> Choices:
         drop = faster(lambda: fast_dropout(h, 0.1, True), lambda: F.dropout(h, 0.1, True))
     decoding, training = {}, {}
     for dtype in (torch.float32, torch.bfloat16):
-        with torch.no_grad():  # 32 sentences × 4 beams: a group of 4 queries per sentence and head, 24 keys
-            q, k, v = (torch.randn(32, 4, t, 64, dtype=dtype) for t in (4, 24, 24))
-            decoding[dtype] = faster(lambda: (q @ k.transpose(-2, -1) / 8.0).softmax(-1) @ v,
-                                     lambda: F.scaled_dot_product_attention(q, k, v))
+        with torch.no_grad():  # each timed call a batch's walk through shapes not met before (see the top)
+            t_explicit, t_sdpa = _best_times_fresh([_explicit, _sdpa], dtype)
+            decoding[dtype] = t_sdpa > MARGIN * t_explicit
         with torch.enable_grad():  # forward and backward over sentence-length sequences (the caller may be under no_grad)
             q, k, v = (torch.randn(32, 4, 30, 64, dtype=dtype, requires_grad=True) for _ in range(3))
             training[dtype] = faster(lambda: ((q @ k.transpose(-2, -1) / 8.0).softmax(-1) @ v).sum().backward(),
@@ -139,6 +174,28 @@ def measure() -> Choices:
                    explicit_training_f32=training[torch.float32], explicit_training_bf16=training[torch.bfloat16],
                    explicit_decoding_f32=decoding[torch.float32], explicit_decoding_bf16=decoding[torch.bfloat16],
                    preallocated_cache=True)
+
+
+def _explicit(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    return (q @ k.transpose(-2, -1) / 8.0).masked_fill(~mask, float("-inf")).softmax(-1) @ v
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _best_times_fresh(kernels: list[Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]], dtype: torch.dtype,
+                      repeat: int = 5) -> list[float]:
+    """Each kernel's best time over one :func:`decoding_walk`, taking turns, a new walk (new shapes) each time."""
+    best = [math.inf] * len(kernels)
+    for _ in range(repeat):
+        for i, kernel in enumerate(kernels):
+            walk = decoding_walk(dtype)
+            t0 = time.perf_counter()
+            for q, k, v, mask in walk:
+                kernel(q, k, v, mask)
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
 
 
 _MEMO: dict[tuple[str, str], Choices] = {}
