@@ -14,7 +14,10 @@ HF and CTranslate2 take α = 0.6 in their own form (log P / |Y|^α). Stopping: e
 sentence's beam search once k hypotheses have ended (HF ``early_stopping=True``, CTranslate2's default,
 aiayn ``stopping="count"``), so all do the same amount of search; ``aiayn-float32-bound`` is aiayn's
 default, exact stopping rule (``stopping="bound"``, more steps), measured beside them for information.
-Each engine translates the first batch once untimed (warm-up), then everything, timed. Reported: target
+Each engine runs in a process of its own (sharing one, the engines slowed each other), translates the
+first batch once untimed (warm-up), then everything, timed; this is done ``--rounds`` times with the
+engines taking turns (aiayn, HF, CTranslate2, aiayn, …), and each engine's best round counts (one round
+moved a ratio by 25 % between two machines of the same kind). Reported: target
 tokens per second (tokens produced, </s> excluded), the ratio to HF and to CTranslate2 at the same
 precision, and each engine's sacreBLEU on those sentences. The last line is a one-line summary of the
 ratios; the tables are also written as markdown beside the JSON (docs/inference.md quotes them).
@@ -24,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -170,7 +175,9 @@ def markdown(record: dict) -> str:
         return format(table[key], fmt) if key in table else "—"
 
     lines = [f"{record['date']}, {m['cpu']} ({m['cores']} cores; {' '.join(m['features'])}), {record['threads']} threads, "
-             f"torch {record['torch']}; {record['sentences']} test verses, batches of {record['batch']}:", "",
+             f"torch {record['torch']}; {record['sentences']} test verses, batches of {record['batch']}"
+             + (f"; each engine in a process of its own, its best of {record['rounds']} rounds, the engines taking turns:"
+                if record.get("rounds", 1) > 1 else ":"), "",
              "| engine | beam 4: tok/s | BLEU | greedy: tok/s | BLEU |", "|---|---:|---:|---:|---:|"]
     for name in names:
         lines.append(f"| {label(name)} | {cell(tok, 'beam4 ' + name, ',')} | {cell(bleu, 'beam4 ' + name, '.2f')} | "
@@ -194,6 +201,65 @@ def markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _setup(args: argparse.Namespace):
+    """The model, its vocabulary and every engine's batches (the same in the parent and in each worker)."""
+    import torch
+
+    from aiayn.evaluate import read_test_pairs
+    from aiayn.runtime import keep_freed_memory
+    from aiayn.train.checkpoint import load_model_dir
+
+    keep_freed_memory()  # as `aiayn translate` does
+    torch.set_num_threads(args.threads)
+    model, vocab, _ = load_model_dir(args.model)
+    src, refs = read_test_pairs(args.test, limit=args.sentences)
+    ids = vocab.encode_batch(src)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    batches = [[ids[i] for i in order[j: j + args.batch]] for j in range(0, len(order), args.batch)]
+    return model, vocab, batches, [refs[i] for i in order], src, ids
+
+
+def _engine(name: str, beam: int, model, vocab, work: Path, threads: int) -> Engine:
+    if name == "aiayn-encoder":
+        return _aiayn_encoder(model, "float32")
+    if name == "hf-encoder":
+        return _hf_encoder(work / "hf")
+    kind, ctype, stopping = engine_name(name)
+    if kind == "aiayn":
+        return _aiayn(model, ctype, beam, stopping or "count")
+    if kind == "hf":
+        return _hf(work / "hf", beam)
+    return _ct2(work / "ct2", ctype, beam, threads, vocab)
+
+
+def _worker(args: argparse.Namespace) -> None:
+    """One engine, one timed run, in a process of its own; the result as JSON in ``--worker-out``."""
+    import torch
+
+    model, vocab, batches, *_ = _setup(args)
+    engine = _engine(args.worker, args.worker_beam, model, vocab, Path(args.workdir), args.threads)
+    with torch.no_grad():
+        seconds, outs = _time(engine, batches)
+    encoder = args.worker.endswith("-encoder")
+    Path(args.worker_out).write_text(json.dumps({"seconds": seconds, "outs": None if encoder else outs}))
+
+
+def _in_process(args: argparse.Namespace, name: str, beam: int) -> tuple[float, list[list[int]] | None]:
+    """Time ``name`` in a fresh process: engines sharing one process slowed each other (CTranslate2's
+    OpenMP threads beside PyTorch's: aiayn greedy fell from 2,374 to 1,926 tok/s over four rounds that
+    alternated with CTranslate2, and stayed at 2,229–2,677 alone)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        argv = [sys.executable, __file__, "--model", args.model, "--test", args.test, "--sentences", str(args.sentences),
+                "--batch", str(args.batch), "--threads", str(args.threads), "--workdir", args.workdir,
+                "--worker", name, "--worker-beam", str(beam), "--worker-out", str(out)]
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"aiayn: error: {name} (beam {beam}) failed:\n{done.stderr[-2000:]}")
+        r = json.loads(out.read_text())
+        return r["seconds"], r["outs"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "models" / "bible-es-en"))
@@ -202,72 +268,67 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--beams", default="4,1", help="beam sizes to measure (1 = greedy)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="timed rounds, engines taking turns; the best counts")
     ap.add_argument("--engines", default="aiayn-float32,aiayn-bfloat16,aiayn-int8,hf-float32,ct2-float32,ct2-int8,"
                                           "aiayn-float32-bound")
     ap.add_argument("--workdir", default=str(ROOT / "runs" / "translate_speed"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "translate_speed.json"), help="results file")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)  # internal: time this one engine in this process
+    ap.add_argument("--worker-beam", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        return _worker(args)
 
     import sacrebleu
     import torch
 
-    from aiayn.evaluate import read_test_pairs
-    from aiayn.runtime import keep_freed_memory
-    from aiayn.train.checkpoint import load_model_dir
-
-    keep_freed_memory()  # as `aiayn translate` does; every engine runs in this process and benefits
-    torch.set_num_threads(args.threads)
-    model, vocab, _ = load_model_dir(args.model)
-    src, refs = read_test_pairs(args.test, limit=args.sentences)
-    ids = vocab.encode_batch(src)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    batches = [[ids[i] for i in order[j: j + args.batch]] for j in range(0, len(order), args.batch)]
-    sorted_refs = [refs[i] for i in order]
+    model, vocab, batches, sorted_refs, src, ids = _setup(args)
     work = Path(args.workdir)
     engines = args.engines.split(",")
-
-    exported: dict[str, Path] = {}
     if any(e.startswith("hf") for e in engines):
         from aiayn.export.hf import to_hf
 
         to_hf(model, vocab, work / "hf", overwrite=True)
-        exported["hf"] = work / "hf"
     if any(e.startswith("ct2") for e in engines):
         from aiayn.export.ctranslate2 import to_ctranslate2
 
-        exported["ct2"] = to_ctranslate2(model, vocab, work / "ct2", overwrite=True)
+        to_ctranslate2(model, vocab, work / "ct2", overwrite=True)
 
     print(f"CPU: {describe()}")
     print(f"{len(src)} sentences ({sum(map(len, ids))} source tokens), batch {args.batch}, {args.threads} threads, "
-          f"torch {torch.__version__}")
+          f"torch {torch.__version__}; each engine in a process of its own, {args.rounds} rounds taking turns")
     results: dict[tuple[str, int], dict] = {}
     beams = [int(x) for x in args.beams.split(",")]
     for beam in beams:
-        for name in engines:
-            kind, ctype, stopping = engine_name(name)
-            if kind == "aiayn":
-                if stopping and beam == 1:
-                    continue  # greedy search has no stopping rule to vary
-                engine = _aiayn(model, ctype, beam, stopping or "count")
-            elif kind == "hf":
-                engine = _hf(exported["hf"], beam)
-            else:
-                engine = _ct2(exported["ct2"], ctype, beam, args.threads, vocab)
-            seconds, outs = _time(engine, batches)
+        timed = [n for n in engines if not (engine_name(n)[2] and beam == 1)]  # greedy has no stopping rule to vary
+        rounds: dict[str, list[float]] = {n: [] for n in timed}
+        outputs: dict[str, list[list[int]]] = {}
+        for r in range(args.rounds):
+            for name in timed:
+                seconds, outs = _in_process(args, name, beam)
+                if name in outputs and outs != outputs[name]:
+                    raise SystemExit(f"aiayn: error: {name} translated differently in round {r + 1}")
+                outputs[name] = outs  # type: ignore[assignment]
+                rounds[name].append(seconds)
+                print(f"beam {beam}  round {r + 1}  {name:<19} {sum(map(len, outs)) / seconds:8.0f} tok/s  "  # type: ignore[arg-type]
+                      f"{seconds:6.1f} s", flush=True)
+        for name in timed:
+            outs, seconds = outputs[name], min(rounds[name])
             n_tok = sum(map(len, outs))
             bleu = sacrebleu.corpus_bleu([vocab.decode(o) for o in outs], [sorted_refs]).score
-            results[(name, beam)] = {"tok_s": n_tok / seconds, "seconds": seconds, "tokens": n_tok, "bleu": bleu}
-            print(f"beam {beam}  {name:<15} {n_tok / seconds:8.0f} tok/s  {seconds:6.1f} s  {n_tok:6d} tokens  "
-                  f"BLEU {bleu:5.2f}", flush=True)
+            results[(name, beam)] = {"tok_s": n_tok / seconds, "seconds": seconds, "rounds": rounds[name],
+                                     "tokens": n_tok, "bleu": bleu}
+            print(f"beam {beam}  {name:<19} {n_tok / seconds:8.0f} tok/s (best of {len(rounds[name])})  "
+                  f"{n_tok:6d} tokens  BLEU {bleu:5.2f}", flush=True)
 
     # Where greedy search's time goes: the encoder (large float32 matrix products, the same BLAS for both) or
     # the decoder's steps. Were aiayn's decoder free, its greedy time would be its encoder time: HF's greedy
     # time over that is the ceiling of the ratio that faster decoding steps could reach.
     encoder_s = {}
     if "aiayn-float32" in engines and "hf-float32" in engines and 1 in beams:
-        with torch.no_grad():
-            encoder_s["aiayn-float32"] = _time(_aiayn_encoder(model, "float32"), batches)[0]
-            encoder_s["hf-float32"] = _time(_hf_encoder(exported["hf"]), batches)[0]
+        for name in ("aiayn-encoder", "hf-encoder"):
+            encoder_s[name.replace("encoder", "float32")] = min(_in_process(args, name, 1)[0] for _ in range(args.rounds))
         print("encoder alone: " + ", ".join(f"{k} {v:.2f} s" for k, v in encoder_s.items()))
 
     summary = {}
@@ -286,6 +347,9 @@ def main() -> None:
                                              "ratios": summary,
                                              "seconds": {f"beam{b} {n}": round(r["seconds"], 3)
                                                          for (n, b), r in results.items()},
+                                             "rounds": args.rounds,
+                                             "seconds_per_round": {f"beam{b} {n}": [round(t, 3) for t in r["rounds"]]
+                                                                   for (n, b), r in results.items()},
                                              "encoder_seconds": {k: round(v, 3) for k, v in encoder_s.items()}},
                          args.out)
     path.with_suffix(".md").write_text(markdown(json.loads(path.read_text())), encoding="utf-8")

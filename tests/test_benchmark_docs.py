@@ -60,3 +60,14 @@ def test_the_training_table_says_when_the_goal_is_out_of_reach():
     assert rows["float32"].endswith("| 1.41 | not met; out of reach (ceiling) |")  # 1.13 / 0.8
     assert rows["bf16 autocast"].endswith("| 2.35 | not met |")  # 1.41 / 0.6
     assert "| **1.60** | 90% · 70% | 1.78 | met |" in markdown(record)
+
+
+def test_the_translation_table_says_how_many_rounds_it_took_the_best_of():
+    markdown = benchmark("translate_speed").markdown
+    record = {"date": "2026-12-07", "machine": {"cpu": "X", "cores": 2, "features": []}, "threads": 2, "torch": "2",
+              "sentences": 10, "batch": 32, "tok_s": {"beam4 aiayn-float32": 10, "beam4 hf-float32": 5},
+              "bleu": {"beam4 aiayn-float32": 30.0, "beam4 hf-float32": 30.0},
+              "ratios": {"beam4 aiayn-float32/hf-float32": 2.0}}
+    assert markdown(record).splitlines()[0].endswith("batches of 32:")  # the runs of one round
+    assert markdown(record | {"rounds": 3}).splitlines()[0].endswith(
+        "batches of 32; each engine in a process of its own, its best of 3 rounds, the engines taking turns:")
