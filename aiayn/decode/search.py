@@ -173,8 +173,9 @@ def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float
     history = torch.full((b * k, steps), PAD_ID, dtype=torch.long, device=dev)  # tokens chosen so far
     tokens = torch.full((b * k, 1), BOS_ID, dtype=torch.long, device=dev)
     finished = _Finished(b, nbest, steps, dev)
-    n_ended = torch.zeros(b, dtype=torch.long, device=dev)  # per alive sentence: hypotheses ended (stopping="count")
-    may_end = torch.arange(2 * k, device=dev) < (k if stopping == "count" else 2 * k)  # the candidates a </s> ends
+    counting = stopping == "count"
+    n_ended = torch.zeros(b, dtype=torch.long, device=dev)  # per alive sentence: hypotheses ended (counted if counting)
+    may_end = torch.arange(2 * k, device=dev) < (k if counting else 2 * k)  # the candidates a </s> ends
     neg_inf = float("-inf")
 
     for t in range(steps):
@@ -190,7 +191,8 @@ def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float
         tok = beam_tok.view(n, k * m).gather(1, idx)
         is_eos = tok == EOS_ID
         ends = is_eos & may_end  # "count": only the k best candidates may end (fairseq, Hugging Face)
-        n_ended += ends.sum(1)
+        if counting:
+            n_ended += ends.sum(1)
         length = t + 1
         lp = length_penalty(float(length), alpha)
 
@@ -212,7 +214,7 @@ def beam_search(model, src: Tensor, max_len: Tensor, beam: int = 4, alpha: float
             s = scores.masked_fill(~at_limit.unsqueeze(1), neg_inf)
             finished.merge(alive, s / lp, s, history.view(n, k, steps), length)
         # Done: at the limit, or no alive hypothesis can beat the nbest-th finished one any more.
-        if stopping == "count":
+        if counting:
             done = at_limit | (n_ended >= k)
         else:
             bound = scores[:, 0] / length_penalty(limit[alive].float(), alpha)
