@@ -19,16 +19,16 @@ RESULTS = ROOT / "benchmarks" / "results" / "paper"
 
 
 def quoted(page: Path) -> dict[str, str]:
-    """{'table1.md': the text between <!-- table1.md --> and <!-- /table1.md -->, …} (and postln.md's, postln_batch.md's)"""
+    """{'table1.md': the text between <!-- table1.md --> and <!-- /table1.md -->, …} (and the others')"""
     text = page.read_text(encoding="utf-8")
-    return {name: body.lstrip("\n")
-            for name, body in re.findall(r"<!-- (table\d\.md|postln\.md|postln_batch\.md) -->\n(.*?)<!-- /\1 -->", text, re.S)}
+    names = r"table\d\.md|table2_budgets\.md|postln\.md|postln_batch\.md"
+    return {name: body.lstrip("\n") for name, body in re.findall(rf"<!-- ({names}) -->\n(.*?)<!-- /\1 -->", text, re.S)}
 
 
 @pytest.mark.parametrize("page", PAGES, ids=["en", "zh"])
 def test_the_pages_quote_the_measurements_as_written(page):
     blocks = quoted(page)
-    assert set(blocks) == {"table1.md", "table2.md", "table3.md", "postln.md", "postln_batch.md"}
+    assert set(blocks) == {"table1.md", "table2.md", "table2_budgets.md", "table3.md", "postln.md", "postln_batch.md"}
     for name, body in blocks.items():
         measured = RESULTS / name
         assert body == (measured.read_text(encoding="utf-8") if measured.exists() else ""), name
@@ -57,3 +57,36 @@ def test_scale_page_quotes_the_memory_measurements_as_written():
     assert table == bench.table(json.loads(results.with_suffix(".json").read_text(encoding="utf-8")))
     page = (ROOT / "docs" / "scale.md").read_text(encoding="utf-8")
     assert re.search(r"<!-- scale_memory.md -->\n(.*?)<!-- /scale_memory.md -->", page, re.S).group(1) == table
+
+
+def test_table2_at_several_budgets_is_read_from_the_runs(tmp_path):
+    """benchmarks/table2_budgets.py: each system's BLEU (steps) per budget, the BLEU gained per doubling of
+    counted FLOPs between the first and last budget, and the machine; a run at the same budget twice is an error."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("table2_budgets", ROOT / "benchmarks" / "table2_budgets.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def run(minutes, bleu, flops):
+        return {"table": "2", "date": "2026-12-07", "machine": {"cpu": "CPU X", "threads": 2},
+                "budget": {"minutes": minutes}, "rows": {"rnnsearch": {"test_bleu": bleu, "steps": minutes * 40,
+                                                                       "flops_counted": flops}}}
+
+    runs = [run(20, 9.0, 4e13), run(10, 3.0, 1e13), run(10, 1.0, 1e13)]
+    paths = [tmp_path / f"table2_{i}.json" for i in range(3)]
+    for p, r in zip(paths, runs):
+        p.write_text(json.dumps(r))
+    loaded = bench.load(paths[:2])
+    assert [r["budget"]["minutes"] for r in loaded] == [10, 20]
+    text = bench.markdown(loaded)
+    assert "CPU X (2 threads), 2026-12-07" in text.splitlines()[0]
+    row = next(line for line in text.splitlines() if line.startswith("| RNNsearch"))
+    assert row == "| RNNsearch (Bahdanau et al. 2014) | 3.00 (400) | 9.00 (800) | +3.0 |"  # 6 BLEU over two doublings
+    assert "| LSTM encoder-decoder (Sutskever et al. 2014) | not run | not run | — |" in text
+    with pytest.raises(SystemExit, match="same budget"):
+        bench.load(paths)
+    (tmp_path / "other.json").write_text(json.dumps({"table": "3"}))
+    with pytest.raises(SystemExit, match="not a result of"):
+        bench.load([tmp_path / "other.json"])
