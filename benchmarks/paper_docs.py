@@ -1,5 +1,6 @@
 """Copy the result tables of `aiayn reproduce` into docs/paper.md and docs/zh/paper.md (between the
-<!-- tableN.md -->, <!-- table2_budgets.md -->, <!-- postln.md --> and <!-- postln_batch.md --> markers), so that the pages quote the measurements as written.
+<!-- tableN.md -->, <!-- table2_budgets.md -->, <!-- postln.md --> and <!-- postln_batch.md --> markers),
+so that the pages quote the measurements as written.
 
     aiayn reproduce table1 -o benchmarks/results/paper
     python benchmarks/paper_docs.py

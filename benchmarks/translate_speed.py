@@ -245,9 +245,9 @@ def _worker(args: argparse.Namespace) -> None:
 
 
 def _in_process(args: argparse.Namespace, name: str, beam: int) -> tuple[float, list[list[int]] | None]:
-    """Time ``name`` in a fresh process: engines sharing one process slowed each other (CTranslate2's
-    OpenMP threads beside PyTorch's: aiayn greedy fell from 2,374 to 1,926 tok/s over four rounds that
-    alternated with CTranslate2, and stayed at 2,229–2,677 alone)."""
+    """Time ``name`` in a fresh process: engines sharing one process slowed each other (aiayn greedy fell
+    from 2,374 to 1,926 tok/s over four rounds that alternated with CTranslate2 in one process, and stayed
+    at 2,229–2,677 alone; two thread pools in one process are the likely cause, not isolated further)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         argv = [sys.executable, __file__, "--model", args.model, "--test", args.test, "--sentences", str(args.sentences),

@@ -143,7 +143,7 @@ def decoding_walk(dtype: torch.dtype, heads: int = 4, beams: int = 4, d_k: int =
 
 
 def measure() -> Choices:
-    """Time each fast path against what it replaces, on this machine (≈ 0.5 s)."""
+    """Time each fast path against what it replaces, on this machine (≈ 1 s)."""
     from .dropout import dropout as fast_dropout
     from .linear import AVAILABLE, linear
 
