@@ -96,8 +96,9 @@ def main() -> None:
     out = Path(args.out)
     from aiayn.atomic import write_text_atomic
 
-    write_text_atomic(out / "table2_budgets.md", markdown(runs))
-    print(markdown(runs), end="")
+    table = markdown(runs)
+    write_text_atomic(out / "table2_budgets.md", table)
+    print(table, end="")
     print(f"→ {out / 'table2_budgets.md'}, {plot(runs, out / 'table2_budgets.png')}")
 
 

@@ -96,7 +96,7 @@ def describe_cpu() -> dict:
 
 
 def cpu_key() -> str:
-    """CPU model, the ISA features that matter here, PyTorch version and threads."""
+    """CPU model, the ISA features that matter here, PyTorch version, threads and the measurement's version."""
     name, flags = cpu_info()
     isa = "+".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
     return f"{name} [{isa}] torch {torch.__version__} threads {torch.get_num_threads()} measure v{VERSION}"
@@ -107,17 +107,21 @@ def _cache_path() -> Path:
     return Path(root) / "accel.json"
 
 
-def _best_times(fns: list[Callable[[], object]], repeat: int = 7) -> list[float]:
+def _best_times(fns: list[Callable[..., object]], repeat: int = 7, fresh: Callable[[], object] | None = None,
+                ) -> list[float]:
     """Each function's best time over ``repeat`` rounds, the functions taking turns in every round (timed
     one after the other, the first would pay the process's warm-up: early in a process, MKL's float32
-    training product looked slower than oneDNN's, later 20 % faster)."""
+    training product looked slower than oneDNN's, later 20 % faster). With ``fresh``, every call (warm-up
+    included) gets a new input from it, made outside the timing."""
+    args = (lambda: ()) if fresh is None else (lambda: (fresh(),))
     for fn in fns:
-        fn()  # warm-up: kernels, allocations
+        fn(*args())  # warm-up: kernels, allocations
     best = [math.inf] * len(fns)
     for _ in range(repeat):
         for i, fn in enumerate(fns):
+            a = args()
             t0 = time.perf_counter()
-            fn()
+            fn(*a)
             best[i] = min(best[i], time.perf_counter() - t0)
     return best
 
@@ -163,7 +167,8 @@ def measure() -> Choices:
     decoding, training = {}, {}
     for dtype in (torch.float32, torch.bfloat16):
         with torch.no_grad():  # each timed call a batch's walk through shapes not met before (see the top)
-            t_explicit, t_sdpa = _best_times_fresh([_explicit, _sdpa], dtype)
+            t_explicit, t_sdpa = _best_times([_over_walk(_explicit), _over_walk(_sdpa)], 5,
+                                             fresh=lambda: decoding_walk(dtype))
             decoding[dtype] = t_sdpa > MARGIN * t_explicit
         with torch.enable_grad():  # forward and backward over sentence-length sequences (the caller may be under no_grad)
             q, k, v = (torch.randn(32, 4, 30, 64, dtype=dtype, requires_grad=True) for _ in range(3))
@@ -184,18 +189,14 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-def _best_times_fresh(kernels: list[Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]], dtype: torch.dtype,
-                      repeat: int = 5) -> list[float]:
-    """Each kernel's best time over one :func:`decoding_walk`, taking turns, a new walk (new shapes) each time."""
-    best = [math.inf] * len(kernels)
-    for _ in range(repeat):
-        for i, kernel in enumerate(kernels):
-            walk = decoding_walk(dtype)
-            t0 = time.perf_counter()
-            for q, k, v, mask in walk:
-                kernel(q, k, v, mask)
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
+def _over_walk(kernel: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> Callable[[list], None]:
+    """``kernel`` called on every (q, k, v, mask) of a :func:`decoding_walk`."""
+
+    def run(walk: list[tuple[Tensor, Tensor, Tensor, Tensor]]) -> None:
+        for q, k, v, mask in walk:
+            kernel(q, k, v, mask)
+
+    return run
 
 
 _MEMO: dict[tuple[str, str], Choices] = {}
