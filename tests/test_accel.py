@@ -202,3 +202,59 @@ def test_measured_paths_take_turns():
     order: list[str] = []
     times = _best_times([lambda: order.append("fast"), lambda: order.append("plain")], repeat=3)
     assert order == ["fast", "plain"] * 4 and len(times) == 2 and all(t >= 0 for t in times)
+
+
+@pytest.mark.skipif(not L.AVAILABLE, reason="no oneDNN in this PyTorch")
+def test_prepacked_products_equal_linear_and_follow_the_weight():
+    """Decoding's products read a prepacked copy of each weight: equal to F.linear (whole weight and row
+    slices), made once, and made again whenever the weight changes (in place, or a new tensor)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96)
+    x = torch.randn(5, 3, 64)
+
+    def check(rows: slice = slice(None)) -> None:
+        ours = L.inference_linear(x, lin.weight, lin.bias[rows], rows)
+        torch.testing.assert_close(ours, F.linear(x, lin.weight[rows], lin.bias[rows]), atol=1e-4, rtol=1e-4)
+
+    with torch.no_grad():
+        for rows in (slice(None), slice(0, 32), slice(32, None)):
+            check(rows)
+        packed = L._packed(lin.weight, slice(None))
+        assert L._packed(lin.weight, slice(None)) is packed and packed.is_mkldnn
+        lin.weight.mul_(2)  # in place, as an optimizer step writes
+        check()
+        assert L._packed(lin.weight, slice(None)) is not packed
+        lin.weight.data = torch.randn(96, 64)  # a new tensor
+        check(slice(32, None))
+    y = L.inference_linear(x, lin.weight, lin.bias)  # a gradient wanted: the plain weights, through autograd
+    y.sum().backward()
+    assert lin.weight.grad is not None and lin.weight.grad.shape == (96, 64)
+
+
+def test_a_decoding_model_follows_its_weights_and_still_copies():
+    """A model accelerated for decoding, then trained a step, decodes as a plain model with the new
+    weights (no stale packed copy); it still deep-copies, and its state dict holds only the plain weights."""
+    torch.manual_seed(2)
+    cfg = preset("tiny", vocab_size=60)
+    fast = Transformer(cfg).eval()
+    accelerate(fast, ALL)
+    src = torch.randint(4, 60, (4, 9))
+    limit = max_lengths(src)
+    with torch.no_grad():
+        greedy_search(fast, src, limit)  # packs the weights
+    opt = torch.optim.SGD(fast.parameters(), lr=0.5)
+    fast(src, src).log_softmax(-1)[..., 5].mean().backward()
+    opt.step()
+    copied = copy.deepcopy(fast)
+    plain = Transformer(cfg).eval()
+    plain.load_state_dict(fast.state_dict())
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    with torch.no_grad():
+        ref = beam_search(plain, src, limit, 4)
+        for m in (fast, copied):
+            ours = beam_search(m, src, limit, 4)
+            assert [h[0].tokens for h in ours] == [h[0].tokens for h in ref]
+            assert [h[0].score for h in ours] == pytest.approx([h[0].score for h in ref], abs=1e-4)
+

@@ -29,7 +29,7 @@ from ..model.transformer import OutputLayer
 from .choose import Choices, choices
 from .dropout import FastDropout
 from .dropout import dropout as fast_dropout
-from .linear import OneDNNLinear
+from .linear import OneDNNLinear, inference_linear
 from .linear import linear as onednn_linear
 from .quantize import ComputeType, lower_precision
 
@@ -44,9 +44,16 @@ class FastAttention(MultiHeadAttention):
 
     choices: Choices
     onednn: bool  # projections through oneDNN (chosen for training or for decoding by accelerate())
+    prepack: bool = False  # … from prepacked weights (decoding)
 
     def affine(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         return onednn_linear(x, w, b) if self.onednn else super().affine(x, w, b)
+
+    def project(self, x: Tensor, rows: slice) -> Tensor:
+        p = self.in_proj
+        if self.prepack and isinstance(p, nn.Linear):
+            return inference_linear(x, p.weight, None if p.bias is None else p.bias[rows], rows)
+        return super().project(x, rows)
 
     def explicit(self, q: Tensor, k: Tensor, causal: bool, dropout: float) -> bool:
         """Equation (1)'s products instead of SDPA where this machine's measurement found them faster:
@@ -108,10 +115,13 @@ class PreallocatedKVCache(KVCache):
 
 
 class FastOutputLayer(OutputLayer):
-    """The pre-softmax projection through :func:`~aiayn.accel.linear.linear`."""
+    """The pre-softmax projection through :func:`~aiayn.accel.linear.linear` (``prepack``: by
+    :func:`~aiayn.accel.linear.inference_linear`)."""
+
+    prepack = False
 
     def forward(self, x: Tensor) -> Tensor:
-        return onednn_linear(x, self.matrix, self.bias)
+        return inference_linear(x, self.matrix, self.bias) if self.prepack else onednn_linear(x, self.matrix, self.bias)
 
 
 def accelerate(model: nn.Module, choice: Choices | None = None, training: bool = False) -> list[str]:
@@ -141,6 +151,11 @@ def accelerate(model: nn.Module, choice: Choices | None = None, training: bool =
             swap(m, FastDropout, "nn.Dropout → FastDropout (16-bit random slices)")
         elif type(m) is OutputLayer and onednn:
             swap(m, FastOutputLayer, "output projection → oneDNN")
+        prepack = onednn and not training  # decoding reads prepacked weights (oneDNN's blocked layout)
+        if isinstance(m, (FastAttention, OneDNNLinear, FastOutputLayer)) and m.prepack != prepack:
+            m.prepack = prepack
+            if prepack:
+                changed["decoding products → prepacked weights"] = changed.get("decoding products → prepacked weights", 0) + 1
     model._aiayn_accelerated = "training" if training else "decoding"
     if c.preallocated_cache and getattr(model, "kv_cache", None) is KVCache:
         model.kv_cache = PreallocatedKVCache  # an instance attribute: the class stays the paper's

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 MARGIN = 1.05  # a fast path must be at least 5 % faster to be used
-VERSION = 2  # of measure(): part of the cache key, so a machine measures again when the measurement changes
+VERSION = 3  # of measure(): part of the cache key, so a machine measures again when the measurement changes
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Choices:
     """The fast paths to use on this machine (all CPU-only)."""
 
     onednn_linear_training: bool = False  # float32 projections through oneDNN instead of MKL: forward + backward
-    onednn_linear_decoding: bool = False  # the same, forward only
+    onednn_linear_decoding: bool = False  # the same, forward only, from prepacked weights
     fast_dropout: bool = False  # dropout masks from 16-bit slices of 64-bit random integers
     # Attention as equation (1)'s two products instead of PyTorch's fused SDPA, per dtype of the queries:
     explicit_training_f32: bool = False  # training (T_k ≤ 512), float32
@@ -146,10 +146,13 @@ def decoding_walk(dtype: torch.dtype, heads: int = 4, beams: int = 4, d_k: int =
     return calls
 
 
+_FRESH_ROWS = itertools.count()  # the decoding product's row counts: 96 … 159, each new to the process for 64 calls
+
+
 def measure() -> Choices:
     """Time each fast path against what it replaces, on this machine (≈ 1 s)."""
     from .dropout import dropout as fast_dropout
-    from .linear import AVAILABLE, linear
+    from .linear import AVAILABLE, _mm, _packed, linear
 
     def faster(fast: Callable[[], object], plain: Callable[[], object], repeat: int = 7) -> bool:
         t_fast, t_plain = _best_times([fast, plain], repeat)
@@ -159,9 +162,14 @@ def measure() -> Choices:
     with torch.enable_grad():  # a training step's FFN-sized product, forward and backward
         x, w = torch.randn(2048, 256, requires_grad=True), torch.randn(1024, 256, requires_grad=True)
         onednn_training = AVAILABLE and faster(lambda: linear(x, w).sum().backward(), lambda: F.linear(x, w).sum().backward(), 5)
-    with torch.no_grad():
-        x, w = torch.randn(128, 256), torch.randn(8000, 256)  # a decoding step's output projection
-        onednn_decoding = AVAILABLE and faster(lambda: linear(x, w), lambda: F.linear(x, w), 15)
+    with torch.no_grad():  # a decoding step's output projection, from the prepacked weight, at row counts not met before
+        w = torch.randn(8000, 256)
+        onednn_decoding = False
+        if AVAILABLE:
+            packed = _packed(w, slice(None))
+            t_fast, t_plain = _best_times([lambda x: _mm(x, packed), lambda x: F.linear(x, w)], 7,
+                                          fresh=lambda: torch.randn(96 + next(_FRESH_ROWS) % 64, 256))
+            onednn_decoding = t_plain > MARGIN * t_fast
         h = torch.randn(2500, 256)
         drop = faster(lambda: fast_dropout(h, 0.1, True), lambda: F.dropout(h, 0.1, True))
     decoding, training = {}, {}

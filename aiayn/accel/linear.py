@@ -14,6 +14,13 @@ On a CPU, in float32, outside autocast and outside tracing/compilation, :func:`l
 ``torch.ops.mkldnn._linear_pointwise`` (the op TorchInductor uses for CPU linears), with a small
 autograd function whose backward is two more oneDNN products. Everywhere else (CUDA, bf16/fp16,
 autocast, double precision, ONNX tracing) it is exactly ``F.linear``.
+
+Given the weight in oneDNN's plain layout, every call first copies it into the kernel's blocked layout;
+for a decoding step's few rows that copy is much of the work. :func:`inference_linear`, for products
+that want no gradient (decoding), keeps one blocked copy per weight (``_reorder_linear_weight``, as
+TorchInductor prepacks weights when it freezes a model), made on first use and again whenever the weight
+changes. Measured on the AMD EPYC of this project (2 threads): the (128 × 256)·(256 × 8000) output
+projection of a beam-4 step ran 1.7× faster, 32 rows (greedy) 1.9×.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 _OP = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 AVAILABLE = _OP is not None
@@ -69,9 +77,41 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     return _mm(x, w, b)
 
 
+PACK_ROWS = 128  # the row count oneDNN is told to expect when it lays out a weight (a beam-4 step's)
+
+# weight → {rows: ((version, address) of the weight when packed, the packed copy)}. Kept beside the
+# parameters, not in the modules: state dicts, deep copies and pickles see only the plain weights (a packed
+# tensor can be neither copied nor pickled), and a copy is dropped with its weight.
+_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # (by identity: tensors do not compare as keys)
+
+
+def _packed(weight: Tensor, rows: slice) -> Tensor:
+    """oneDNN's blocked copy of ``weight[rows]``, made again when the weight has changed since (an optimizer
+    step, ``load_state_dict``, any in-place write bumps its version; a new ``.data`` moves its address)."""
+    state = (weight._version, weight.data_ptr())
+    per_rows = _PACKED.setdefault(weight, {})
+    hit = per_rows.get((rows.start, rows.stop))
+    if hit is None or hit[0] != state:
+        hit = state, torch.ops.mkldnn._reorder_linear_weight(weight.detach()[rows].contiguous(), PACK_ROWS)
+        per_rows[rows.start, rows.stop] = hit
+    return hit[1]
+
+
+def inference_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, rows: slice = slice(None)) -> Tensor:
+    """x · weight[rows]ᵀ + bias, the same function as :func:`linear`; where no gradient is wanted, the
+    product reads a prepacked copy of the weight (see the top). ``bias``: already the rows' own."""
+    w = weight[rows]
+    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    if wants_grad or not _fast(x, w) or weight.is_inference():
+        return linear(x, w, bias)
+    return _mm(x.contiguous(), _packed(weight, rows), bias)
+
+
 class OneDNNLinear(nn.Linear):
-    """``nn.Linear`` (same parameters, same state-dict names) computed by :func:`linear`; an ``nn.Linear``
-    becomes one by :func:`aiayn.accel.accelerate`."""
+    """``nn.Linear`` (same parameters, same state-dict names) computed by :func:`linear` (``prepack``: by
+    :func:`inference_linear`); an ``nn.Linear`` becomes one by :func:`aiayn.accel.accelerate`."""
+
+    prepack = False  # set by accelerate() for a model that decodes
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight, self.bias)
+        return inference_linear(x, self.weight, self.bias) if self.prepack else linear(x, self.weight, self.bias)
