@@ -233,6 +233,28 @@ def test_prepacked_products_equal_linear_and_follow_the_weight():
     assert lin.weight.grad is not None and lin.weight.grad.shape == (96, 64)
 
 
+@pytest.mark.skipif(not L.AVAILABLE, reason="no oneDNN in this PyTorch")
+def test_the_decoding_feed_forward_equals_the_plain_one():
+    """For decoding the FFN's ReLU is applied inside its first product; in training it is the plain module."""
+    from aiayn.accel import FastFeedForward
+    from aiayn.model.layers import FeedForward
+
+    torch.manual_seed(4)
+    model = Transformer(preset("tiny", vocab_size=30)).eval()
+    plain = copy.deepcopy(model)
+    assert any("FastFeedForward" in line for line in accelerate(model, ALL))
+    ffn, ref = model.decoder.layers[0].ffn, plain.decoder.layers[0].ffn
+    assert type(ffn) is FastFeedForward and type(ref) is FeedForward
+    x = torch.randn(3, 5, ffn.w1.in_features) * 3
+    with torch.no_grad():
+        torch.testing.assert_close(ffn(x), ref(x), atol=1e-5, rtol=1e-4)
+    ffn.train()
+    torch.manual_seed(0)
+    ours = ffn(x)
+    torch.manual_seed(0)
+    torch.testing.assert_close(ours, ref.train()(x), atol=1e-5, rtol=1e-4)  # the same dropout draws
+
+
 def test_a_decoding_model_follows_its_weights_and_still_copies():
     """A model accelerated for decoding, then trained a step, decodes as a plain model with the new
     weights (no stale packed copy); it still deep-copies, and its state dict holds only the plain weights."""

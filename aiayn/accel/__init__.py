@@ -7,7 +7,8 @@ it computes (tested: accelerated model = plain model, values and gradients):
 * :func:`accelerate` swaps modules for subclasses with the same parameters and state-dict names —
   ``nn.Linear`` → :class:`~aiayn.accel.linear.OneDNNLinear`, ``nn.Dropout`` →
   :class:`~aiayn.accel.dropout.FastDropout`, :class:`~aiayn.model.MultiHeadAttention` →
-  :class:`FastAttention`, the output layer → :class:`FastOutputLayer` — each only where this machine's
+  :class:`FastAttention`, the output layer → :class:`FastOutputLayer`, for decoding the feed-forward
+  network → :class:`FastFeedForward` (products from prepacked weights) — each only where this machine's
   measurement says it pays (:mod:`aiayn.accel.choose`), and returns (and logs) what it changed;
 * :func:`for_inference` is the model to decode with at a compute type: float32 (accelerated), a bf16
   copy, or int8 linear layers (:mod:`aiayn.accel.quantize`).
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 
 from ..model import device_of
 from ..model.attention import KVCache, MultiHeadAttention
+from ..model.layers import FeedForward
 from ..model.transformer import OutputLayer
 from .choose import Choices, choices
 from .dropout import FastDropout
@@ -114,6 +116,18 @@ class PreallocatedKVCache(KVCache):
         self.k, self.v = self._kbuf[:, :, :n], self._vbuf[:, :, :n]
 
 
+class FastFeedForward(FeedForward):
+    """§3.3's FFN with the ReLU applied inside the first product (decoding, from prepacked weights)."""
+
+    prepack = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        # (in eval, dropout is the identity; int8 layers keep their own kernels)
+        if self.prepack and self.activation is F.relu and not self.training and isinstance(self.w1, nn.Linear):
+            return self.w2(inference_linear(x, self.w1.weight, self.w1.bias, relu=True))
+        return super().forward(x)
+
+
 class FastOutputLayer(OutputLayer):
     """The pre-softmax projection through :func:`~aiayn.accel.linear.linear` (``prepack``: by
     :func:`~aiayn.accel.linear.inference_linear`)."""
@@ -151,8 +165,10 @@ def accelerate(model: nn.Module, choice: Choices | None = None, training: bool =
             swap(m, FastDropout, "nn.Dropout → FastDropout (16-bit random slices)")
         elif type(m) is OutputLayer and onednn:
             swap(m, FastOutputLayer, "output projection → oneDNN")
+        elif type(m) is FeedForward and onednn and not training:
+            swap(m, FastFeedForward, "feed-forward → FastFeedForward (ReLU inside the product)")
         prepack = onednn and not training  # decoding reads prepacked weights (oneDNN's blocked layout)
-        if isinstance(m, (FastAttention, OneDNNLinear, FastOutputLayer)) and m.prepack != prepack:
+        if isinstance(m, (FastAttention, OneDNNLinear, FastOutputLayer, FastFeedForward)) and m.prepack != prepack:
             m.prepack = prepack
             if prepack:
                 changed["decoding products → prepacked weights"] = changed.get("decoding products → prepacked weights", 0) + 1
@@ -176,6 +192,7 @@ def for_inference(model: nn.Module, compute_type: ComputeType = "float32") -> nn
     return m
 
 
-__all__ = ["Choices", "choices", "accelerate", "for_inference", "FastAttention", "FastOutputLayer", "OneDNNLinear",
+__all__ = ["Choices", "choices", "accelerate", "for_inference", "FastAttention", "FastFeedForward", "FastOutputLayer",
+           "OneDNNLinear",
            "PreallocatedKVCache",
            "FastDropout", "EXPLICIT_TRAINING_MAX_LEN"]

@@ -97,14 +97,17 @@ def _packed(weight: Tensor, rows: slice) -> Tensor:
     return hit[1]
 
 
-def inference_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, rows: slice = slice(None)) -> Tensor:
-    """x · weight[rows]ᵀ + bias, the same function as :func:`linear`; where no gradient is wanted, the
-    product reads a prepacked copy of the weight (see the top). ``bias``: already the rows' own."""
+def inference_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, rows: slice = slice(None),
+                     relu: bool = False) -> Tensor:
+    """x · weight[rows]ᵀ + bias (then max(0, ·) with ``relu``), the same function as :func:`linear`; where no
+    gradient is wanted, the product reads a prepacked copy of the weight (see the top) and the ReLU is
+    applied by oneDNN as the product's results are written (no second pass). ``bias``: the rows' own."""
     w = weight[rows]
     wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     if wants_grad or not _fast(x, w) or weight.is_inference():
-        return linear(x, w, bias)
-    return _mm(x.contiguous(), _packed(weight, rows), bias)
+        y = linear(x, w, bias)
+        return F.relu(y) if relu else y
+    return _OP(x.contiguous(), _packed(weight, rows), bias, "relu" if relu else "none", [], "")  # type: ignore[misc]
 
 
 class OneDNNLinear(nn.Linear):
