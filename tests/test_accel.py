@@ -72,7 +72,13 @@ def test_accelerate_swaps_modules_keeps_parameters_and_reports():
     assert fast.state_dict().keys() == plain.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(fast.state_dict().values(), plain.state_dict().values()))
     assert accelerate(fast, ALL, training=True) == []  # idempotent
+    assert not any(getattr(m, "prepack", False) for m in fast.modules())  # training: weights change every step
     assert accelerate(copy.deepcopy(plain), Choices.none()) == []  # nothing chosen, nothing changed
+    decoding = copy.deepcopy(plain)
+    report = accelerate(decoding, ALL)
+    assert any("prepacked" in line for line in report) == L.AVAILABLE and accelerate(decoding, ALL) == []
+    assert all(m.prepack == L.AVAILABLE for m in decoding.modules() if hasattr(m, "prepack"))
+    assert decoding.state_dict().keys() == plain.state_dict().keys()
     # The plain model package holds no CPU-specific module.
     assert all(type(m).__module__.startswith(("aiayn.model", "torch.")) for m in plain.modules())
 
