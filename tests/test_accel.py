@@ -234,6 +234,11 @@ def test_prepacked_products_equal_linear_and_follow_the_weight():
         assert L._packed(lin.weight, slice(None)) is not packed
         lin.weight.data = torch.randn(96, 64)  # a new tensor
         check(slice(32, None))
+        lin16 = copy.deepcopy(lin).bfloat16()  # a bf16 copy of a model decodes from packed weights too
+        x16 = x.bfloat16()
+        ours = L.inference_linear(x16, lin16.weight, lin16.bias, relu=True)
+        assert ours.dtype == torch.bfloat16 and lin16.weight in L._PACKED
+        torch.testing.assert_close(ours, F.relu(F.linear(x16, lin16.weight, lin16.bias)), atol=2e-2, rtol=2e-2)
     y = L.inference_linear(x, lin.weight, lin.bias)  # a gradient wanted: the plain weights, through autograd
     y.sum().backward()
     assert lin.weight.grad is not None and lin.weight.grad.shape == (96, 64)
