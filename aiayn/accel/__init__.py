@@ -148,11 +148,15 @@ def accelerate(model: nn.Module, choice: Choices | None = None, training: bool =
     c = choices() if choice is None else choice
     onednn = c.onednn_linear_training if training else c.onednn_linear_decoding
     changed: dict[str, int] = {}
+    prepack = onednn and not training  # decoding reads prepacked weights (oneDNN's blocked layout)
+
+    def count(what: str) -> None:
+        changed[what] = changed.get(what, 0) + 1
 
     def swap(m: nn.Module, cls: type, what: str) -> None:
         if type(m) is not cls:
             m.__class__ = cls
-            changed[what] = changed.get(what, 0) + 1
+            count(what)
 
     for m in model.modules():
         if type(m) in (MultiHeadAttention, FastAttention):
@@ -165,13 +169,12 @@ def accelerate(model: nn.Module, choice: Choices | None = None, training: bool =
             swap(m, FastDropout, "nn.Dropout → FastDropout (16-bit random slices)")
         elif type(m) is OutputLayer and onednn:
             swap(m, FastOutputLayer, "output projection → oneDNN")
-        elif type(m) is FeedForward and onednn and not training:
+        elif type(m) is FeedForward and prepack:
             swap(m, FastFeedForward, "feed-forward → FastFeedForward (ReLU inside the product)")
-        prepack = onednn and not training  # decoding reads prepacked weights (oneDNN's blocked layout)
         if isinstance(m, (FastAttention, OneDNNLinear, FastOutputLayer, FastFeedForward)) and m.prepack != prepack:
             m.prepack = prepack
             if prepack:
-                changed["decoding products → prepacked weights"] = changed.get("decoding products → prepacked weights", 0) + 1
+                count("decoding products → prepacked weights")
     model._aiayn_accelerated = "training" if training else "decoding"
     if c.preallocated_cache and getattr(model, "kv_cache", None) is KVCache:
         model.kv_cache = PreallocatedKVCache  # an instance attribute: the class stays the paper's

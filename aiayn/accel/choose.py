@@ -152,7 +152,7 @@ _FRESH_ROWS = itertools.count()  # the decoding product's row counts: 96 … 159
 def measure() -> Choices:
     """Time each fast path against what it replaces, on this machine (≈ 1 s)."""
     from .dropout import dropout as fast_dropout
-    from .linear import AVAILABLE, _mm, _packed, linear
+    from .linear import AVAILABLE, inference_linear, linear
 
     def faster(fast: Callable[[], object], plain: Callable[[], object], repeat: int = 7) -> bool:
         t_fast, t_plain = _best_times([fast, plain], repeat)
@@ -165,9 +165,8 @@ def measure() -> Choices:
     with torch.no_grad():  # a decoding step's output projection, from the prepacked weight, at row counts not met before
         w = torch.randn(8000, 256)
         onednn_decoding = False
-        if AVAILABLE:
-            packed = _packed(w, slice(None))
-            t_fast, t_plain = _best_times([lambda x: _mm(x, packed), lambda x: F.linear(x, w)], 7,
+        if AVAILABLE:  # (the warm-up call of _best_times packs the weight, as a model's first step does)
+            t_fast, t_plain = _best_times([lambda x: inference_linear(x, w), lambda x: F.linear(x, w)], 7,
                                           fresh=lambda: torch.randn(96 + next(_FRESH_ROWS) % 64, 256))
             onednn_decoding = t_plain > MARGIN * t_fast
         h = torch.randn(2500, 256)

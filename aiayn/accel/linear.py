@@ -91,7 +91,9 @@ def _packed(weight: Tensor, rows: slice) -> Tensor:
     """oneDNN's blocked copy of ``weight[rows]``, made again when the weight has changed since (an optimizer
     step, ``load_state_dict``, any in-place write bumps its version; a new ``.data`` moves its address)."""
     state = (weight._version, weight.data_ptr())
-    per_rows = _PACKED.setdefault(weight, {})
+    per_rows = _PACKED.get(weight)
+    if per_rows is None:
+        per_rows = _PACKED[weight] = {}
     hit = per_rows.get((rows.start, rows.stop))
     if hit is None or hit[0] != state:
         hit = state, torch.ops.mkldnn._reorder_linear_weight(weight.detach()[rows].contiguous(), PACK_ROWS)
@@ -104,10 +106,9 @@ def inference_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, rows
     """x · weight[rows]ᵀ + bias (then max(0, ·) with ``relu``), the same function as :func:`linear`; where no
     gradient is wanted, the product reads a prepacked copy of the weight (see the top) and the ReLU is
     applied by oneDNN as the product's results are written (no second pass). ``bias``: the rows' own."""
-    w = weight[rows]
     wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    if wants_grad or not _fast(x, w, (torch.float32, torch.bfloat16)) or weight.is_inference():
-        y = linear(x, w, bias)
+    if wants_grad or not _fast(x, weight, (torch.float32, torch.bfloat16)) or weight.is_inference():
+        y = linear(x, weight[rows], bias)
         return F.relu(y) if relu else y
     return _OP(x.contiguous(), _packed(weight, rows), bias, "relu" if relu else "none", [], "")  # type: ignore[misc]
 
