@@ -37,7 +37,7 @@ def assert_same_updates(one, two, step: int = 4, d_model: int = 32) -> None:
 
 
 def _train(out, common, processes: int, *extra: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # a crash prints its stacks
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else []
     r = subprocess.run([sys.executable, *launcher, "-m", "aiayn", "train", "--set", *common, f"train.out={out}", *extra],
                        env=env, capture_output=True, text=True, timeout=600)

@@ -205,7 +205,7 @@ def test_two_processes_equal_one_process_with_update_freq_2(toy_data, tmp_path):
     common = ["model.preset=tiny", "model.d_model=32", "model.d_ff=64", "model.dropout=0.0", f"train.data={toy_data}",
               "train.max_steps=4", "train.warmup=2", "train.max_tokens=300", "train.eval_bleu_sentences=0",
               "train.threads=1", "train.log_every=1"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # a crash prints its stacks
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, "-m", "aiayn", "train", "--set", *common, f"train.out={one}", "train.update_freq=2"],
                    check=True, env=env, capture_output=True, timeout=600)
@@ -384,7 +384,7 @@ def test_two_nodes_through_torchrun_rendezvous_equal_one_process(toy_data, tmp_p
     common = ["model.preset=tiny", "model.d_model=32", "model.d_ff=64", "model.dropout=0.0", f"train.data={toy_data}",
               "train.max_steps=4", "train.warmup=2", "train.max_tokens=300", "train.eval_bleu_sentences=0",
               "train.threads=1", "train.log_every=1", "train.save_every=2"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # a crash prints its stacks
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, "-m", "aiayn", "train", "--set", *common, f"train.out={one}", "train.update_freq=2"],
                    check=True, env=env, capture_output=True, timeout=600)

@@ -506,10 +506,14 @@ def train(run: RunConfig) -> dict[str, Any]:
 
         return count_run(run)
     trainer = Trainer(run)
+    procs, finished = trainer.procs, False
     try:
-        return trainer.fit()
+        result = trainer.fit()
+        finished = True
+        return result
     finally:
-        trainer.procs.end()
+        del trainer  # the model and its DDP wrapper (which holds the process group) go before the group does
+        procs.end(finished)
 
 
 __all__ = ["Trainer", "TrainingDiverged", "train", "RunConfig", "TrainConfig", "load_run_config", "autocast_context",

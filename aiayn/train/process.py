@@ -3,6 +3,7 @@ and the signals that ask it to stop."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -53,9 +54,18 @@ class Processes:
         dist.all_reduce(t)
         return t[0].item(), t[1].item() > 0
 
-    def end(self) -> None:
-        if self.distributed and dist.is_initialized():
-            dist.destroy_process_group()
+    def end(self, finished: bool) -> None:
+        """Leave the process group. ``finished``: this process ended its run normally, so every process
+        reaches this point; they wait for each other here (rank 0 may still be writing the last
+        checkpoint), so that no process tears its connections down while another still uses them.
+        Call it once nothing holds the group any more (the DDP wrapper released): the group's threads are
+        then joined here, while the interpreter is whole, not during its shutdown."""
+        if not (self.distributed and dist.is_initialized()):
+            return
+        if finished:
+            dist.barrier()
+        gc.collect()  # a wrapper caught in a reference cycle would otherwise keep the group to the interpreter's exit
+        dist.destroy_process_group()
 
 
 def autocast_context(device: torch.device, dtype: str):
