@@ -291,3 +291,68 @@ def test_a_decoding_model_follows_its_weights_and_still_copies():
             assert [h[0].tokens for h in ours] == [h[0].tokens for h in ref]
             assert [h[0].score for h in ours] == pytest.approx([h[0].score for h in ref], abs=1e-4)
 
+
+
+@pytest.mark.skipif(not L.AVAILABLE, reason="no oneDNN in this PyTorch")
+def test_a_product_with_the_residual_added_equals_the_two_steps():
+    """inference_linear(..., add=r): oneDNN adds r as it writes the product (a sub-layer's residual)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(6)
+    lin = torch.nn.Linear(64, 48)
+    x, r = torch.randn(7, 64), torch.randn(7, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(L.inference_linear(x, lin.weight, lin.bias, add=r), r + F.linear(x, lin.weight, lin.bias),
+                                   atol=1e-5, rtol=1e-5)
+        x16, r16, w16, b16 = x.bfloat16(), r.bfloat16(), lin.weight.bfloat16(), lin.bias.bfloat16()
+        torch.testing.assert_close(L.inference_linear(x16, w16, b16, add=r16), r16 + F.linear(x16, w16, b16),
+                                   atol=3e-2, rtol=2e-2)
+        rows = slice(16, 32)  # a row slice of a stacked weight, with its own bias
+        torch.testing.assert_close(L.inference_linear(x, lin.weight, lin.bias[rows], rows, add=r[:, :16]),
+                                   r[:, :16] + F.linear(x, lin.weight[rows], lin.bias[rows]), atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="not both"):
+            L.inference_linear(x, lin.weight, lin.bias, relu=True, add=r)
+    y = L.inference_linear(x, lin.weight, lin.bias, add=r)  # a gradient wanted: through autograd
+    y.sum().backward()
+    assert lin.weight.grad is not None
+
+
+@pytest.mark.skipif(not L.AVAILABLE, reason="no oneDNN in this PyTorch")
+@pytest.mark.parametrize("norm", ["post", "pre"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_decoding_step_layer_equals_the_plain_layer(norm, dtype, monkeypatch):
+    """FastDecoderLayer's one-position steps (greedy and beam groups, post- and pre-LN, float32 and bf16, an
+    encoder-decoder and a decoder-only model) give the plain layers' logits; the first step (the memory's
+    keys and values projected), several positions at once and training take the plain forward."""
+    from aiayn.accel.step import FastDecoderLayer
+
+    taken = []
+    check = FastDecoderLayer.fast_step
+    monkeypatch.setattr(FastDecoderLayer, "fast_step", lambda self, *a: taken.append(check(self, *a)) or taken[-1])
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=6e-2, rtol=3e-2)
+    torch.manual_seed(5)
+    models = [Transformer(preset("tiny", vocab_size=50, norm=norm)),
+              LanguageModel(preset("gpt-nano", vocab_size=50, d_model=32, d_ff=64, max_positions=32, norm=norm))]
+    src = torch.randint(4, 50, (3, 9))
+    src[1, 6:] = 0  # padding
+    for plain in models:
+        plain = plain.eval().to(dtype)
+        fast = copy.deepcopy(plain)
+        accelerate(fast, ALL)
+        assert all(type(layer) is FastDecoderLayer for layer in fast.decoder.layers)
+        lm = isinstance(plain, LanguageModel)
+        for beams in (1,) if lm else (1, 4):
+            taken.clear()
+            with torch.no_grad():
+                states = [m.start() if lm else m.start(src, beams) for m in (plain, fast)]
+                tokens = torch.randint(4, 50, (3 * beams, 2 if lm else 1))  # a language model starts from a prefix
+                for _ in range(5):
+                    ref, ours = (m.step(tokens, s) for m, s in zip((plain, fast), states))
+                    torch.testing.assert_close(ours.float(), ref.float(), **tol)
+                    tokens = ref[:, -1:].float().argmax(-1)
+            assert taken[: len(fast.decoder.layers)] == [False] * len(fast.decoder.layers)  # first step: plain
+            assert all(taken[len(fast.decoder.layers):])  # then every step is the fast one
+    fast.train()
+    taken.clear()
+    fast(torch.randint(4, 50, (2, 6))).sum().backward()  # training: the plain forward, with gradients
+    assert taken and not any(taken)

@@ -8,7 +8,8 @@ it computes (tested: accelerated model = plain model, values and gradients):
   ``nn.Linear`` → :class:`~aiayn.accel.linear.OneDNNLinear`, ``nn.Dropout`` →
   :class:`~aiayn.accel.dropout.FastDropout`, :class:`~aiayn.model.MultiHeadAttention` →
   :class:`FastAttention`, the output layer → :class:`FastOutputLayer`, for decoding the feed-forward
-  network → :class:`FastFeedForward` (products from prepacked weights) — each only where this machine's
+  network → :class:`FastFeedForward` (products from prepacked weights) and the decoder layers →
+  :class:`~aiayn.accel.step.FastDecoderLayer` (a step in fewer operations) — each only where this machine's
   measurement says it pays (:mod:`aiayn.accel.choose`), and returns (and logs) what it changed;
 * :func:`for_inference` is the model to decode with at a compute type: float32 (accelerated), a bf16
   copy, or int8 linear layers (:mod:`aiayn.accel.quantize`).
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 
 from ..model import device_of
 from ..model.attention import KVCache, MultiHeadAttention
-from ..model.layers import FeedForward
+from ..model.layers import DecoderLayer, FeedForward
 from ..model.transformer import OutputLayer
 from .choose import Choices, choices
 from .dropout import FastDropout
@@ -34,6 +35,7 @@ from .dropout import dropout as fast_dropout
 from .linear import OneDNNLinear, inference_linear
 from .linear import linear as onednn_linear
 from .quantize import ComputeType, lower_precision
+from .step import FastDecoderLayer
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +173,8 @@ def accelerate(model: nn.Module, choice: Choices | None = None, training: bool =
             swap(m, FastOutputLayer, "output projection → oneDNN")
         elif type(m) is FeedForward and prepack:
             swap(m, FastFeedForward, "feed-forward → FastFeedForward (ReLU inside the product)")
+        elif type(m) is DecoderLayer and prepack:
+            swap(m, FastDecoderLayer, "decoder layers → FastDecoderLayer (a decoding step in fewer operations)")
         if isinstance(m, (FastAttention, OneDNNLinear, FastOutputLayer, FastFeedForward)) and m.prepack != prepack:
             m.prepack = prepack
             if prepack:
@@ -195,7 +199,8 @@ def for_inference(model: nn.Module, compute_type: ComputeType = "float32") -> nn
     return m
 
 
-__all__ = ["Choices", "choices", "accelerate", "for_inference", "FastAttention", "FastFeedForward", "FastOutputLayer",
+__all__ = ["Choices", "choices", "accelerate", "for_inference", "FastAttention", "FastDecoderLayer", "FastFeedForward",
+           "FastOutputLayer",
            "OneDNNLinear",
            "PreallocatedKVCache",
            "FastDropout", "EXPLICIT_TRAINING_MAX_LEN"]

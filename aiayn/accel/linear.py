@@ -102,14 +102,20 @@ def _packed(weight: Tensor, rows: slice) -> Tensor:
 
 
 def inference_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, rows: slice = slice(None),
-                     relu: bool = False) -> Tensor:
-    """x · weight[rows]ᵀ + bias (then max(0, ·) with ``relu``), the same function as :func:`linear`; where no
-    gradient is wanted, the product reads a prepacked copy of the weight (see the top) and the ReLU is
-    applied by oneDNN as the product's results are written (no second pass). ``bias``: the rows' own."""
-    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    if wants_grad or not _fast(x, weight, (torch.float32, torch.bfloat16)) or weight.is_inference():
+                     relu: bool = False, add: Tensor | None = None) -> Tensor:
+    """x · weight[rows]ᵀ + bias (then max(0, ·) with ``relu``, or + ``add``, a tensor of the result's shape:
+    a residual connection), the same function as :func:`linear`; where no gradient is wanted, the product
+    reads a prepacked copy of the weight (see the top), and the ReLU or the addition is applied by oneDNN
+    as the product's results are written (no second pass). ``bias``: the rows' own."""
+    if relu and add is not None:
+        raise ValueError("inference_linear: relu or add, not both")
+    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, add))
+    if (wants_grad or not _fast(x, weight, (torch.float32, torch.bfloat16)) or weight.is_inference()
+            or (add is not None and (add.dtype != x.dtype or add.shape != x.shape[:-1] + weight[rows].shape[:1]))):
         y = linear(x, weight[rows], bias)
-        return F.relu(y) if relu else y
+        return F.relu(y) if relu else (y if add is None else add + y)
+    if add is not None:
+        return _OP.binary(x.contiguous(), add.contiguous(), _packed(weight, rows), bias, "add")  # type: ignore[union-attr]
     return _OP(x.contiguous(), _packed(weight, rows), bias, "relu" if relu else "none", [], "")  # type: ignore[misc]
 
 
