@@ -4,18 +4,17 @@ A decoding step asks every decoder layer for one new position of every hypothesi
 products are small and much of a step's time is the operations around them — module calls, views,
 dropout that does nothing in evaluation, a residual addition as its own pass. :class:`FastDecoderLayer`
 computes the same function as :class:`~aiayn.model.layers.DecoderLayer` (tested equal, pre- and post-LN,
-greedy and beam groups, float32 and bf16) for exactly that case, calling the kernels directly:
+greedy and beam groups, float32, bf16 and int8) for exactly that case, calling the kernels directly:
 
 * every product from its prepacked weight (:func:`~aiayn.accel.linear.inference_linear`), the FFN's ReLU
   (GELU and SiLU: after the product) and each sub-layer's residual addition applied by oneDNN as the
-  product's results are written;
+  product's results are written (int8 layers: their own kernel, the ReLU and the addition in place after it);
 * the attention kernels the layer's own :meth:`~aiayn.model.MultiHeadAttention.kernel` chooses (SDPA, or
   equation (1) where this machine's measurement says so).
 
 Everything else — training, gradients, several positions at once (the first step of a prefix, teacher
 forcing), the first step (the encoder's keys and values are projected then), rotary positions, restricted
-attention, recorded attention weights, int8 layers, tracing (ONNX export) and compiling — is the plain
-layer's forward.
+attention, recorded attention weights, tracing (ONNX export) and compiling — is the plain layer's forward.
 """
 
 from __future__ import annotations
@@ -27,12 +26,17 @@ from torch import Tensor, nn
 from ..model.attention import ATTENTION_RECORDER, KVCache
 from ..model.layers import DecoderLayer, Residual
 from .linear import inference_linear
+from .quantize import Int8Linear
 
 ALL = slice(None)
 
 
 def _linear(x: Tensor, layer: nn.Module, rows: slice = ALL, relu: bool = False, add: Tensor | None = None) -> Tensor:
-    """``layer``'s product (its rows ``rows``) of x (N, in), from the prepacked weight."""
+    """``layer``'s product (its rows ``rows``) of x (N, in), from the prepacked weight (an int8 layer: its own
+    kernel, the ReLU or the addition after it, in place)."""
+    if isinstance(layer, Int8Linear):
+        y = layer(x, rows)
+        return y.relu_() if relu else (y if add is None else y.add_(add))
     bias = layer.bias if layer.bias is None or rows == ALL else layer.bias[rows]
     return inference_linear(x, layer.weight, bias, rows, relu=relu, add=add)
 
@@ -62,7 +66,7 @@ class FastDecoderLayer(DecoderLayer):
         return (not self.training and not torch.is_grad_enabled() and x.device.type == "cpu" and x.size(1) == 1
                 and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
                 and self_cache is not None and sa.rope is None and not sa.window and ATTENTION_RECORDER.get() is None
-                and all(isinstance(p, nn.Linear) for p in products)
+                and all(isinstance(p, (nn.Linear, Int8Linear)) for p in products)
                 and all(m.impl != "reference" for m in attention)
                 and (ca is None or (cross_cache is not None and cross_cache.k is not None)))
 

@@ -77,10 +77,10 @@ def greedy_search(model, src: Tensor, max_len: Tensor) -> list[Hypothesis]:
         lengths[alive[done]] = t + 1
         if done.all():
             break
-        keep = (~done).nonzero().squeeze(1)
         if not done.any():
             tokens = best.unsqueeze(1)
             continue
+        keep = (~done).nonzero().squeeze(1)
         state.select(keep)
         alive, tokens = alive[keep], best[keep].unsqueeze(1)
     result = []
