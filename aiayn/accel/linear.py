@@ -3,8 +3,10 @@
 PyTorch's CPU ``F.linear`` in float32 calls MKL's sgemm; on this project's AMD Zen 4 CPU that is
 2–2.5× slower than oneDNN's float32 GEMM (which PyTorch ships too, and uses for bf16). Measured on
 2 cores, torch 2.13: a (2500 × 256)·(256 × 1024) product takes 6.4 ms through MKL and 2.7 ms through
-oneDNN; a decoding step's (128 × 256)·(256 × 8000) output projection 3.1 ms and 1.3 ms. Both are
-IEEE float32 with float32 accumulation (only the summation order differs; tests compare them).
+oneDNN; a decoding step's (128 × 256)·(256 × 8000) output projection 3.1 ms and 1.3 ms. On the AMD EPYC
+of the 2026-12-07 sessions the gap was much smaller: (1152 × 256)·(256 × 1024) 3.2 ms through MKL, 3.0 ms
+through oneDNN (2.8 ms from a prepacked weight), both near 220 GFLOP/s. Both are IEEE float32 with
+float32 accumulation (only the summation order differs; tests compare them).
 
 On an Intel Xeon, MKL's float32 is about twice Zen 4's and the advantage may vanish or reverse: whether
 :func:`aiayn.accel.accelerate` swaps this kernel in is decided on the machine that runs it, by a

@@ -19,6 +19,8 @@ attention, recorded attention weights, tracing (ONNX export) and compiling — i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -46,7 +48,7 @@ def _norm(res: Residual, x: Tensor) -> Tensor:
     return F.layer_norm(x, n.normalized_shape, n.weight, n.bias, n.eps)
 
 
-def _sublayer(res: Residual, x: Tensor, body) -> Tensor:
+def _sublayer(res: Residual, x: Tensor, body: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
     """§3.1's residual sub-layer without its (evaluation-time identity) dropout; ``body(h, residual)`` returns
     residual + Sublayer(h), the addition inside its last product."""
     if res.pre:
@@ -83,7 +85,7 @@ class FastDecoderLayer(DecoderLayer):
             q, k, v = (t.view(rows, sa.n_heads, 1, -1) for t in _linear(h, sa.in_proj).split([qk, qk, sa.d_model], -1))
             k, v = self_cache.append(k, v)  # type: ignore[union-attr]  # (R, h, T, d_k): all positions so far
             out, _ = sa.kernel(q, k, v, None, False, 0.0)  # (R, h, 1, d_v): one query sees every earlier key
-            return _linear(out.view(rows, d), sa.out_proj, add=residual)
+            return _linear(out.reshape(rows, d), sa.out_proj, add=residual)
 
         def cross_attention(h: Tensor, residual: Tensor) -> Tensor:
             k, v = cross_cache.k, cross_cache.v  # type: ignore[union-attr]  # (B, h, S, d_k): the memory's, per sentence
