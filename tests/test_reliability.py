@@ -472,3 +472,25 @@ def test_old_checkpoint_cleanup_leaves_what_aiayn_did_not_write(toy_data, tmp_pa
     from aiayn.train.checkpoint import run_checkpoints
 
     assert [p.name for p in run_checkpoints(out)] == ["step_0000005", "step_0000006"]
+
+
+def test_processes_leave_the_group_in_order(monkeypatch):
+    """A finished run waits for every process (rank 0 may still be writing its last checkpoint) and then
+    destroys the process group; a run that raised destroys it without waiting (the others may never come)."""
+    import torch.distributed as dist
+
+    from aiayn.train.process import Processes
+
+    calls: list[str] = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy"))
+    procs = Processes(distributed=True, rank=1, world=2, device=torch.device("cpu"))
+    procs.end(finished=True)
+    assert calls == ["barrier", "destroy"]
+    calls.clear()
+    procs.end(finished=False)
+    assert calls == ["destroy"]
+    calls.clear()
+    Processes(distributed=False, rank=0, world=1, device=torch.device("cpu")).end(finished=True)
+    assert calls == []
