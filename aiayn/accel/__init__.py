@@ -200,7 +200,4 @@ def for_inference(model: nn.Module, compute_type: ComputeType = "float32") -> nn
 
 
 __all__ = ["Choices", "choices", "accelerate", "for_inference", "FastAttention", "FastDecoderLayer", "FastFeedForward",
-           "FastOutputLayer",
-           "OneDNNLinear",
-           "PreallocatedKVCache",
-           "FastDropout", "EXPLICIT_TRAINING_MAX_LEN"]
+           "FastOutputLayer", "OneDNNLinear", "PreallocatedKVCache", "FastDropout", "EXPLICIT_TRAINING_MAX_LEN"]

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..model.attention import ATTENTION_RECORDER, KVCache
+from ..model.attention import ATTENTION_RECORDER, KVCache, MultiHeadAttention
 from ..model.layers import DecoderLayer, Residual
 from .linear import inference_linear
 from .quantize import Int8Linear
@@ -56,21 +56,29 @@ def _sublayer(res: Residual, x: Tensor, body: Callable[[Tensor, Tensor], Tensor]
     return _norm(res, body(x, x))  # LN(x + Sublayer(x))
 
 
+_PRODUCTS = (nn.Linear, Int8Linear)  # the layers _linear computes
+
+
+def _plain(m: MultiHeadAttention) -> bool:
+    """Attention whose products _linear computes, not asked for equation (1) everywhere (``impl``)."""
+    return m.impl != "reference" and isinstance(m.in_proj, _PRODUCTS) and isinstance(m.out_proj, _PRODUCTS)
+
+
 class FastDecoderLayer(DecoderLayer):
     """:class:`~aiayn.model.layers.DecoderLayer` whose single-position decoding steps take the fewer
     operations of this module (see the top); set up by :func:`aiayn.accel.accelerate` for decoding."""
 
     def fast_step(self, x: Tensor, self_cache: KVCache | None, cross_cache: KVCache | None) -> bool:
-        """Whether this call is one the fast step computes (see the top); otherwise the plain forward."""
-        sa, ca = self.self_attn, self.cross_attn
-        attention = [m for m in (sa, ca) if m is not None]
-        products = [self.ffn.w1, self.ffn.w2] + [p for m in attention for p in (m.in_proj, m.out_proj)]
-        return (not self.training and not torch.is_grad_enabled() and x.device.type == "cpu" and x.size(1) == 1
-                and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-                and self_cache is not None and sa.rope is None and not sa.window and ATTENTION_RECORDER.get() is None
-                and all(isinstance(p, (nn.Linear, Int8Linear)) for p in products)
-                and all(m.impl != "reference" for m in attention)
-                and (ca is None or (cross_cache is not None and cross_cache.k is not None)))
+        """Whether this call is one the fast step computes (see the top); otherwise the plain forward. Asked
+        of every layer at every step: the cheap, usually deciding questions first."""
+        if (self.training or torch.is_grad_enabled() or x.size(1) != 1 or self_cache is None
+                or x.device.type != "cpu" or torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            return False
+        sa, ca, ffn = self.self_attn, self.cross_attn, self.ffn
+        if ca is not None and (cross_cache is None or cross_cache.k is None or not _plain(ca)):
+            return False
+        return (sa.rope is None and not sa.window and _plain(sa) and isinstance(ffn.w1, _PRODUCTS)
+                and isinstance(ffn.w2, _PRODUCTS) and ATTENTION_RECORDER.get() is None)
 
     def forward(self, x: Tensor, memory: Tensor | None = None, memory_mask: Tensor | None = None,
                 self_cache: KVCache | None = None, cross_cache: KVCache | None = None, beams: int = 1) -> Tensor:
