@@ -38,6 +38,14 @@ def cmd_params(a: argparse.Namespace) -> None:
     print(count_parameters(model))
 
 
+# --- accel -------------------------------------------------------------------------------------
+def cmd_accel(a: argparse.Namespace) -> None:
+    from .accel.choose import report, report_lines
+
+    _threads(a.threads)
+    print("\n".join(report_lines(report(again=a.measure))))
+
+
 # --- prepare -----------------------------------------------------------------------------------
 def cmd_prepare(a: argparse.Namespace) -> None:
     from .data.prepare import PrepareConfig, prepare
@@ -454,6 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="paper-base")
     p.add_argument("--vocab-size", type=int, default=0, help="vocabulary size (default: the preset's)")
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("accel", help="which CPU fast paths this machine uses, and the times that chose them")
+    p.add_argument("--measure", action="store_true", help="measure again now (≈ 1 s) and keep the answer")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = PyTorch's default); each count measures apart")
+    p.set_defaults(func=cmd_accel)
 
     p = sub.add_parser("prepare", help="validate a corpus, build the vocabulary, encode it for training")
     kind = p.add_mutually_exclusive_group()
