@@ -10,6 +10,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # aiayn from this 
 GOALS = {"hf": 1.5, "ct2": 1.0}  # issue 15: aiayn ≥ 1.5× HF and ≥ 1.0× CTranslate2 at the same precision
 
 
+def goal_call(rounds: list[float], goal: float) -> str:
+    """Where a speed ratio measured in several rounds stands against its goal. Each round times both sides
+    one after the other, so a round's ratio is one paired measurement; on a machine whose speed drifts by
+    10–25 % between runs, one best-of figure can land on either side of a goal that close. 'met': every
+    round reaches the goal; 'not met': none does; 'at the edge': the rounds fall on both sides."""
+    if not rounds:
+        raise ValueError("no rounds")
+    if min(rounds) >= goal:
+        return "met"
+    return "not met" if max(rounds) < goal else "at the edge"
+
+
+def ratio_cell(best: float, rounds: list[float]) -> str:
+    """'1.07 (0.93–1.13)': the ratio of the best rounds, and the range of the rounds' own ratios."""
+    return f"{best:.2f}" + (f" ({min(rounds):.2f}–{max(rounds):.2f})" if len(rounds) > 1 else "")
+
+
 def cpu() -> dict:
     from aiayn.accel.choose import describe_cpu
 
