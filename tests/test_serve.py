@@ -35,6 +35,11 @@ def test_health_info_page_and_docs(client):
     assert client.get("/ready").json()["ready"]
     info = client.get("/info").json()
     assert info["arch"] == "encoder-decoder" and info["parameters"] > 0 and info["vocab_size"] > 4
+    # the machine and the CPU fast paths the server decodes with (aiayn.accel), for whoever runs it
+    from aiayn.accel import choices
+
+    assert info["device"] == "cpu" and info["cpu"]["cores"] >= 1 and isinstance(info["cpu"]["features"], list)
+    assert any("PreallocatedKVCache" in line for line in info["accelerated"]) == choices().preallocated_cache
     page = client.get("/")
     assert page.status_code == 200 and "Attention" in page.text and "http" not in page.text.split("<script>")[1][:200]
     assert client.get("/docs").status_code == 200

@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
+from ..accel.choose import describe_cpu
 from ..config import LANGUAGE_MODELS, TRANSLATION_MODELS, Limits
 from ..decode.sampling import SampleConfig
 from ..decode.translate import DecodeConfig, unusable_character
@@ -128,8 +129,9 @@ class Service:
 
         self.model_dir = Path(model_dir)
         self.model, self.vocab, self.config = load_model_dir(model_dir, device)
-        if device_of(self.model).type == "cpu":
-            accelerate(self.model)  # once, before any request (aiayn.accel)
+        self.device = device_of(self.model)
+        # what aiayn.accel swapped in, once, before any request (on a GPU: nothing)
+        self.accelerated: list[str] = accelerate(self.model) if self.device.type == "cpu" else []
         self.arch = model_arch(self.config)
         self.labels: list[str] = self.config.get("labels") or []
         if self.arch in TRANSLATION_MODELS:
@@ -350,7 +352,8 @@ class Service:
         return {"model": str(self.model_dir), "arch": self.arch, "kind": self.kind,
                 **({"labels": self.labels} if self.labels else {}), "config": self.config["model"],
                 "vocab": self.config.get("vocab"), "vocab_size": len(self.vocab), "parameters": self.n_params,
-                "step": self.config.get("step"), "limits": self.limits.__dict__}
+                "step": self.config.get("step"), "limits": self.limits.__dict__, "device": str(self.device),
+                **({"cpu": describe_cpu(), "accelerated": self.accelerated} if self.device.type == "cpu" else {})}
 
 
 def _answer(job: _Job, result: Any = None, exc: BaseException | None = None) -> None:
