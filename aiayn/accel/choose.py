@@ -234,13 +234,21 @@ def _over_walk(kernel: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> Ca
 _MEMO: dict[tuple[str, str], Choices] = {}
 
 
-def choices() -> Choices:
-    """This machine's choices: from ``AIAYN_ACCEL``, the cache, or a fresh measurement (then cached)."""
+def _forced() -> Choices | None:
+    """The choices ``AIAYN_ACCEL`` sets (off: none, on: all available); None: measured (or cached)."""
     mode = os.environ.get("AIAYN_ACCEL", "auto").lower()
     if mode in ("0", "off", "none"):
         return Choices.none()
     if mode in ("1", "on", "all"):
         return Choices.all()
+    return None
+
+
+def choices() -> Choices:
+    """This machine's choices: from ``AIAYN_ACCEL``, the cache, or a fresh measurement (then cached)."""
+    forced = _forced()
+    if forced is not None:
+        return forced
     key, path = cpu_key(), _cache_path()
     if (key, str(path)) not in _MEMO:
         _MEMO[key, str(path)] = _cached_or_measured(key, path)
@@ -325,8 +333,9 @@ def report(again: bool = False) -> dict:
     them) and ``busy_tries`` (busy measurements in a row; 0: the last was quiet). ``again``: measure now,
     whatever the cache holds."""
     key, path = cpu_key(), _cache_path()
-    if os.environ.get("AIAYN_ACCEL", "auto").lower() != "auto" and not again:
-        return {"key": key, "cache": str(path), "source": "environment", "choices": asdict(choices()), "seconds": {},
+    forced = _forced()
+    if forced is not None and not again:
+        return {"key": key, "cache": str(path), "source": "environment", "choices": asdict(forced), "seconds": {},
                 "busy_tries": 0}
     if again:
         found, source = _cached_or_measured(key, path, again=True), "measured"
