@@ -249,9 +249,13 @@ def choices() -> Choices:
     forced = _forced()
     if forced is not None:
         return forced
-    key, path = cpu_key(), _cache_path()
-    if (key, str(path)) not in _MEMO:
-        _MEMO[key, str(path)] = _cached_or_measured(key, path)
+    return _remembered(cpu_key(), _cache_path())
+
+
+def _remembered(key: str, path: Path, again: bool = False) -> Choices:
+    """The choices this process keeps for ``key`` in the cache at ``path`` (``again``: measured now)."""
+    if again or (key, str(path)) not in _MEMO:
+        _MEMO[key, str(path)] = _cached_or_measured(key, path, again)
     return _MEMO[key, str(path)]
 
 
@@ -337,12 +341,8 @@ def report(again: bool = False) -> dict:
     if forced is not None and not again:
         return {"key": key, "cache": str(path), "source": "environment", "choices": asdict(forced), "seconds": {},
                 "busy_tries": 0}
-    if again:
-        found, source = _cached_or_measured(key, path, again=True), "measured"
-        _MEMO[key, str(path)] = found
-    else:
-        kept = (key, str(path)) in _MEMO or _usable(_read_cache(path).get(key))
-        found, source = choices(), "cache" if kept else "measured"
+    kept = not again and ((key, str(path)) in _MEMO or _usable(_read_cache(path).get(key)))
+    found, source = _remembered(key, path, again), "cache" if kept else "measured"
     entry = _read_cache(path).get(key)
     entry = entry if _valid(entry) else {}
     return {"key": key, "cache": str(path), "source": source, "choices": asdict(found),
