@@ -478,7 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train (or resume) a model from a YAML config")
     p.add_argument("config", nargs="?", help="YAML file with model: and train: sections")
-    p.add_argument("--set", nargs="*", metavar="SECTION.KEY=VALUE", help="override config values, e.g. train.max_steps=100")
+    p.add_argument("--set", nargs="+", action="extend", metavar="SECTION.KEY=VALUE",
+                   help="override config values, e.g. train.max_steps=100 (several after one --set, or --set again; "
+                        "a key given twice takes the last value)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("average", help="average checkpoints into a new model directory (§6.1)")

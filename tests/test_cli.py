@@ -55,6 +55,18 @@ def test_prepare_train_average_translate_evaluate(toy_corpus, tmp_path):
     assert result["n"] == 10 and {"bleu", "chrf", "signature"} <= set(result)
 
 
+def test_set_given_twice_keeps_both():
+    """`--set a=1 --set b=2` sets both, as `--set a=1 b=2` does (with nargs alone the second --set replaced the first,
+    and a run given train.out in the first went into the config's own directory); a key given twice: the last."""
+    from aiayn.cli import build_parser
+    from aiayn.config import parse_overrides
+
+    a = build_parser().parse_args(["train", "c.yaml", "--set", "train.out=runs/x", "--set", "train.max_steps=9",
+                                   "train.eval_every=3", "--set", "train.max_steps=10"])
+    assert parse_overrides(a.set) == {"train": {"out": "runs/x", "max_steps": "10", "eval_every": "3"}}
+    assert build_parser().parse_args(["train", "c.yaml"]).set is None
+
+
 def test_bad_inputs_are_clear_errors(toy_corpus, tmp_path):
     bad = tmp_path / "bad.tsv"
     bad.write_bytes(b"a\tb\n\xff\tc\n")
