@@ -9,7 +9,9 @@ encoder-decoder attention head becomes uniform, and the decoder can only act as 
     python benchmarks/encoder_collapse.py --run runs/bible-es-en-postln --compare models/bible-es-en
 
 Writes benchmarks/results/paper/encoder_collapse.json and docs/img/encoder_collapse.png. Not a timing: it reads
-the first ``--sentences`` dev verses through each model once.
+the first ``--sentences`` dev verses through each model once. A run keeps only its last checkpoints
+(train.keep_last): the rows of those deleted since are kept from the results file they were measured into
+(``--previous``, by default ``--out`` itself), marked ``carried``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,20 @@ def position_variance(model, src) -> list[float]:
     return out
 
 
+def carried(previous: str | Path, measured: set[int], sentences: int) -> list[dict]:
+    """The run's rows of an earlier results file for the steps not measured now (their checkpoints deleted since by
+    train.keep_last), marked "carried"; none when that file read a different number of sentences or is absent."""
+    import json
+
+    path = Path(previous)
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    if earlier.get("sentences") != sentences:
+        return []
+    return [{**r, "carried": True} for r in earlier["rows"] if not r.get("compare") and r["step"] not in measured]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="a training run directory (its checkpoints/step_*)")
@@ -58,6 +74,8 @@ def main() -> None:
     ap.add_argument("--sentences", type=int, default=64)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "paper" / "encoder_collapse.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs" / "img" / "encoder_collapse.png"))
+    ap.add_argument("--previous", help="a results file whose rows to keep for checkpoints deleted since "
+                                       "(train.keep_last; default: --out)")
     args = ap.parse_args()
 
     import torch
@@ -79,6 +97,8 @@ def main() -> None:
     for path in checkpoints:
         model, _, config = load_model_dir(path)
         rows.append({"name": path.name, "step": config["step"], "variance": position_variance(model, src)})
+    rows += carried(args.previous or args.out, {r["step"] for r in rows}, args.sentences)
+    rows.sort(key=lambda r: r["step"])
     for path in args.compare:
         model, _, config = load_model_dir(path)
         where = Path(path).resolve()
