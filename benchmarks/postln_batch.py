@@ -90,12 +90,14 @@ def main() -> None:
                                     "variance": base_var.get(step * ACCUMULATED)},
                      "preln_equal_updates": {"ppl": pre.get(step, {}).get("dev_ppl"),
                                              "test_bleu": (pre.get(step, {}).get("test") or {}).get("bleu")}})
-    last = max(int(p.name.split("_")[1]) for p in run_checkpoints(run))
+    newest = run_checkpoints(run)[-1]
+    last = int(newest.name.split("_")[1])
+    meta = json.loads((newest / "config.json").read_text())  # training time and epoch at that update
     test = {"step": last, **tests[last]}
     rate = sum(r["tokens_per_s"] for r in trains[1:]) / max(1, len(trains) - 1)  # the first includes start-up
     record = write_results("postln_batch", {
-        "run": f"runs/{run.name}", "updates": last, "minutes": round(trains[-1]["time"] / 60),
-        "epochs": trains[-1]["epoch"], "target_tokens_per_s": round(rate), "rows": rows, "test": test,
+        "run": f"runs/{run.name}", "updates": last, "minutes": round(meta["elapsed_seconds"] / 60),
+        "epochs": meta["epoch"], "target_tokens_per_s": round(rate), "rows": rows, "test": test,
         "shipped_test_bleu": next(r["test"]["bleu"] for r in base["rows"] if r["model"].startswith("shipped")),
         "preln": {"results": "benchmarks/results/paper/preln_curve.json", "date": preln["date"],
                   "cpu": preln["machine"]["cpu"], "recipe": preln["recipe"]}},
