@@ -52,16 +52,17 @@ def position_variance(model, src) -> list[float]:
     return out
 
 
-def carried(previous: str | Path, measured: set[int], sentences: int) -> list[dict]:
+def carried(previous: str | Path, run: str | Path, measured: set[int], sentences: int) -> list[dict]:
     """The run's rows of an earlier results file for the steps not measured now (their checkpoints deleted since by
-    train.keep_last), marked "carried"; none when that file read a different number of sentences or is absent."""
+    train.keep_last), marked "carried"; none when that file is of another run, read a different number of sentences,
+    or is absent."""
     import json
 
     path = Path(previous)
     if not path.is_file():
         return []
     earlier = json.loads(path.read_text())
-    if earlier.get("sentences") != sentences:
+    if Path(earlier.get("run", "")).name != Path(run).name or earlier.get("sentences") != sentences:
         return []
     return [{**r, "carried": True} for r in earlier["rows"] if not r.get("compare") and r["step"] not in measured]
 
@@ -97,7 +98,7 @@ def main() -> None:
     for path in checkpoints:
         model, _, config = load_model_dir(path)
         rows.append({"name": path.name, "step": config["step"], "variance": position_variance(model, src)})
-    rows += carried(args.previous or args.out, {r["step"] for r in rows}, args.sentences)
+    rows += carried(args.previous or args.out, args.run, {r["step"] for r in rows}, args.sentences)
     rows.sort(key=lambda r: r["step"])
     for path in args.compare:
         model, _, config = load_model_dir(path)

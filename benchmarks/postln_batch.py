@@ -77,7 +77,7 @@ def main() -> None:
     # Each checkpoint alone: checkpoints are 250 updates (half an hour) apart and the run is still warming up, so
     # an average of the last ones would mix very different models (the paper averaged the last 5 of checkpoints
     # written every 10 minutes, at the end of training).
-    tests = test_scores(run, args.test, previous_tests(args.out))
+    tests = test_scores(run, args.test, previous_tests(args.out, run))
     rows = []
     for step in sorted(set(evals) | set(ours) | set(tests)):
         r = evals.get(step, {})

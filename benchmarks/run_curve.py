@@ -43,12 +43,16 @@ def test_scores(run: Path, test: str | Path, previous: dict[int, dict] | None = 
     return dict(sorted(scores.items()))
 
 
-def previous_tests(path: str | Path) -> dict[int, dict]:
-    """The test scores a results file of this kind holds ({} when there is none): rows with a "test"."""
+def previous_tests(path: str | Path, run: str | Path) -> dict[int, dict]:
+    """The test scores a results file of this kind holds for ``run``: its rows with a "test" ({} when there is no
+    such file or it is of another run)."""
     path = Path(path)
     if not path.is_file():
         return {}
-    return {r["step"]: r["test"] for r in json.loads(path.read_text())["rows"] if r.get("test")}
+    earlier = json.loads(path.read_text())
+    if Path(earlier.get("run", "")).name != Path(run).name:
+        return {}
+    return {r["step"]: r["test"] for r in earlier["rows"] if r.get("test")}
 
 
 def curve(run: Path, tests: dict[int, dict]) -> list[dict]:
@@ -86,7 +90,7 @@ def main() -> None:
     torch.set_num_threads(2)
     print(f"CPU: {describe()}")
     run = Path(args.run)
-    rows = curve(run, test_scores(run, args.test, previous_tests(args.previous or args.out)))
+    rows = curve(run, test_scores(run, args.test, previous_tests(args.previous or args.out, run)))
     write_results("run_curve", {"run": f"runs/{run.name}", "recipe": recipe(run), "rows": rows}, args.out)
 
 

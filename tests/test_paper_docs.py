@@ -118,32 +118,35 @@ def test_a_run_curve_keeps_the_score_of_a_deleted_checkpoint_and_makes_none_up(t
            {"kind": "eval", "step": 500, "time": 301.0, "ppl": 20.0, "val_bleu": 8.25}]
     (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     previous = tmp_path / "previous.json"
-    previous.write_text(json.dumps({"rows": [{"step": 250, "test": {"bleu": 4.0, "chrf": 20.0}},
+    previous.write_text(json.dumps({"run": "runs/run", "rows": [{"step": 250, "test": {"bleu": 4.0, "chrf": 20.0}},
                                              {"step": 100, "test": {"bleu": 1.0, "chrf": 9.0}},
                                              {"step": 500, "test": None}]}))
-    tests = bench.test_scores(run, tmp_path / "unused.tsv", bench.previous_tests(previous))  # no checkpoints left
+    tests = bench.test_scores(run, tmp_path / "unused.tsv", bench.previous_tests(previous, run))  # no checkpoints left
     assert tests == {100: {"bleu": 1.0, "chrf": 9.0}, 250: {"bleu": 4.0, "chrf": 20.0}}
     assert bench.curve(run, tests) == [
         {"step": 100, "minutes": None, "dev_ppl": None, "dev_bleu": None, "test": {"bleu": 1.0, "chrf": 9.0}},
         {"step": 250, "minutes": 2.5, "dev_ppl": 40.0, "dev_bleu": 3.5, "test": {"bleu": 4.0, "chrf": 20.0}},
         {"step": 500, "minutes": 5.0, "dev_ppl": 20.0, "dev_bleu": 8.25, "test": None}]
-    assert bench.previous_tests(tmp_path / "absent.json") == {}
+    assert bench.previous_tests(tmp_path / "absent.json", run) == {}
+    assert bench.previous_tests(previous, tmp_path / "another-run") == {}  # another run's scores are not this one's
 
 
 def test_encoder_collapse_keeps_the_rows_of_deleted_checkpoints_measured_alike(tmp_path):
     """benchmarks/encoder_collapse.py: a step measured before but whose checkpoint is gone keeps its earlier row,
-    marked carried; not a model compared beside the run, not a step measured now, not from another sentence count."""
+    marked carried; not a model compared beside the run, not a step measured now, not from another run or sentence
+    count."""
     import json
 
     from .test_benchmark_docs import benchmark
 
     bench = benchmark("encoder_collapse")
     earlier = tmp_path / "earlier.json"
-    earlier.write_text(json.dumps({"sentences": 64, "rows": [
+    earlier.write_text(json.dumps({"run": "runs/r", "sentences": 64, "rows": [
         {"name": "step_0000250", "step": 250, "variance": [0.8, 0.01]},
         {"name": "step_0000500", "step": 500, "variance": [0.8, 0.02]},
         {"name": "models/x", "step": 6007, "variance": [0.9, 0.8], "compare": True}]}))
-    assert bench.carried(earlier, {0, 500}, 64) == [{"name": "step_0000250", "step": 250, "variance": [0.8, 0.01],
+    assert bench.carried(earlier, "runs/r", {0, 500}, 64) == [{"name": "step_0000250", "step": 250, "variance": [0.8, 0.01],
                                                      "carried": True}]
-    assert bench.carried(earlier, {0}, 32) == []
-    assert bench.carried(tmp_path / "absent.json", set(), 64) == []
+    assert bench.carried(earlier, "runs/r", {0}, 32) == []
+    assert bench.carried(earlier, "runs/other", {0}, 64) == []
+    assert bench.carried(tmp_path / "absent.json", "runs/r", set(), 64) == []
